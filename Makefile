@@ -1,0 +1,85 @@
+# pdserve - one plain Makefile.
+#
+#   make            build build/pdserve (-O2, C11, -Wall -Wextra -Werror)
+#   make test       build and run every unit test and the e2e scripts
+#   make check      the same under ASan+UBSan, in build/san
+#   make clean
+#
+# BUILD=dir puts objects elsewhere (several builds can share one tree).
+# Sources are discovered: every src/**/*.c except src/cmd/ goes into
+# libpdserve.a; src/cmd/*.c make the pdserve binary; tests/unit/*_test.c are
+# one Criterion program each. Files under src/kernels/x86/ are compiled with
+# the ISA flags named in ISA_FLAGS_<file> and only called after runtime
+# CPU-feature dispatch (src/kernels/dispatch.c).
+
+BUILD   ?= build
+CC      ?= cc
+OPT     ?= -O2
+SAN     ?=
+CFLAGS  ?=
+PKGS    :=
+WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+CPPFLAGS_ALL := -Isrc -D_GNU_SOURCE -DPDSERVE_SRCDIR='"$(CURDIR)"'
+CFLAGS_ALL := -std=c11 $(OPT) -g $(WARN) -pthread -fno-strict-aliasing $(SAN) $(CFLAGS)
+LDLIBS_ALL := -lm -pthread $(SAN)
+
+ifneq ($(SAN),)
+CFLAGS_ALL += -fno-omit-frame-pointer
+endif
+
+LIB_SRC  := $(shell find src -name '*.c' ! -path 'src/cmd/*' | sort)
+CMD_SRC  := $(sort $(wildcard src/cmd/*.c))
+TEST_SRC := $(sort $(wildcard tests/unit/*_test.c))
+TEST_HELPERS := $(filter-out $(TEST_SRC),$(sort $(wildcard tests/unit/*.c)))
+
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CMD_OBJ  := $(CMD_SRC:%.c=$(BUILD)/%.o)
+HELP_OBJ := $(TEST_HELPERS:%.c=$(BUILD)/%.o)
+TEST_BIN := $(TEST_SRC:%.c=$(BUILD)/%)
+LIB      := $(BUILD)/libpdserve.a
+BIN      := $(BUILD)/pdserve
+
+# Per-ISA kernel files (issue: kernels). Each gets its own -m flags.
+$(BUILD)/src/kernels/x86/avx2.o:   ISA := -mavx2 -mfma -mf16c
+$(BUILD)/src/kernels/x86/avx512.o: ISA := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
+
+.PHONY: all test check clean unit e2e
+all: $(BIN)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) $(ISA) -MMD -MP -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN): $(CMD_OBJ) $(LIB)
+	$(CC) $(CFLAGS_ALL) -o $@ $(CMD_OBJ) $(LIB) $(LDLIBS_ALL)
+
+$(BUILD)/tests/unit/%_test: $(BUILD)/tests/unit/%_test.o $(HELP_OBJ) $(LIB)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(HELP_OBJ) $(LIB) -lcriterion $(LDLIBS_ALL)
+
+unit: $(TEST_BIN) $(BIN)
+	@fail=0; for t in $(TEST_BIN); do \
+		echo "== $$t"; \
+		PDSERVE_BIN=$(abspath $(BIN)) $$t --jobs 2 || fail=1; \
+	done; exit $$fail
+
+e2e: $(BIN)
+	@fail=0; for t in $(sort $(wildcard tests/e2e/*.sh)); do \
+		echo "== $$t"; \
+		PDSERVE_BIN=$(abspath $(BIN)) bash $$t || fail=1; \
+	done; exit $$fail
+
+test: $(BIN) $(TEST_BIN)
+	@$(MAKE) --no-print-directory unit e2e
+
+check:
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/san OPT=-O1 \
+		SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,10 @@
+/* cmd.h - subcommand entry points (argv[0] is the subcommand name). */
+#ifndef PDSERVE_CMD_CMD_H
+#define PDSERVE_CMD_CMD_H
+
+int cmd_generate(int argc, char **argv);
+int cmd_model(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+
+#endif
