@@ -58,7 +58,7 @@ $(BIN): $(CMD_OBJ) $(LIB)
 	$(CC) $(CFLAGS_ALL) -o $@ $(CMD_OBJ) $(LIB) $(LDLIBS_ALL)
 
 $(BUILD)/tests/unit/%_test: $(BUILD)/tests/unit/%_test.o $(HELP_OBJ) $(LIB)
-	$(CC) $(CFLAGS_ALL) -o $@ $< $(HELP_OBJ) $(LIB) -lcriterion $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(HELP_OBJ) $(LIB) -lcriterion -ljson-c $(LDLIBS_ALL)
 
 unit: $(TEST_BIN) $(BIN)
 	@fail=0; for t in $(TEST_BIN); do \
