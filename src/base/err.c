@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 const char *err_name(int code)
 {
@@ -30,4 +31,10 @@ int err_set(char *err, int code, const char *fmt, ...)
 		va_end(ap);
 	}
 	return code;
+}
+
+void err_check_fail(const char *expr, const char *file, int line)
+{
+	fprintf(stderr, "pdserve: CHECK failed: %s at %s:%d\n", expr, file, line);
+	abort();
 }

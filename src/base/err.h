@@ -31,4 +31,14 @@ const char *err_name(int code);
 int err_set(char *err, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* CHECK(x): an invariant of our own code that stays on in release builds at
+   module boundaries. On failure it logs the expression and aborts. Never use
+   it on input (files, requests, frames): those get an error instead. */
+#define CHECK(x) \
+	do { \
+		if (__builtin_expect(!(x), 0)) \
+			err_check_fail(#x, __FILE__, __LINE__); \
+	} while (0)
+_Noreturn void err_check_fail(const char *expr, const char *file, int line);
+
 #endif
