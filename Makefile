@@ -3,6 +3,7 @@
 #   make            build build/pdserve (-O2, C11, -Wall -Wextra -Werror)
 #   make test       build and run every unit test and the e2e scripts
 #   make check      the same under ASan+UBSan, in build/san
+#   make demo       the main job: generate text with the default model
 #   make clean
 #
 # BUILD=dir puts objects elsewhere (several builds can share one tree).
@@ -43,7 +44,7 @@ BIN      := $(BUILD)/pdserve
 $(BUILD)/src/kernels/x86/avx2.o:   ISA := -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/x86/avx512.o: ISA := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
 
-.PHONY: all test check clean unit e2e
+.PHONY: all test check clean unit e2e demo
 all: $(BIN)
 
 $(BUILD)/%.o: %.c
@@ -78,6 +79,10 @@ test: $(BIN) $(TEST_BIN)
 check:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/san OPT=-O1 \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
+
+# The main job. Grows into router + prefill + decode in later issues.
+demo: $(BIN)
+	$(BIN) generate --prompt "Once upon a time" -n 64
 
 clean:
 	rm -rf $(BUILD)
