@@ -23,7 +23,7 @@
  * range lie inside the mapping; tensor types are known ggml types with ne[0]
  * a multiple of the block; element counts and byte sizes fit in int64/size_t.
  *
- * Left out: writing (see model/synth.c for the writer), GGUF v1 (u32 counts;
+ * Left out: writing (model/gguf_write.c), GGUF v1 (u32 counts;
  * obsolete since 2023) and big-endian files, which are rejected by name.
  */
 #include "model/gguf.h"
@@ -305,15 +305,19 @@ static int parse_tensor(gguf *g, cursor *c, int64_t idx, char *err)
 		return err_set(err, ERR_FORMAT, "tensor %s: n_dims %u is not in 1..%d", tname, n_dims,
 			       GGUF_MAX_DIMS);
 	t->n_dims = (int)n_dims;
-	int64_t nel = 1;
+	/* span is the product with zero dims read as 1: bounding it (not just
+	   the element count, which a zero dim makes 0) keeps every partial
+	   product a caller may form, such as ne[1]*ne[2]*ne[3] rows, in int64. */
+	int64_t nel = 1, span = 1;
 	for (int d = 0; d < GGUF_MAX_DIMS; d++) {
 		uint64_t ne = 1;
 		if ((uint32_t)d < n_dims && cur_u64(c, &ne) < 0)
 			return err_set(err, ERR_FORMAT, "tensor %s: dims run past end of file", tname);
-		if (ne > (uint64_t)INT64_MAX || __builtin_mul_overflow(nel, (int64_t)ne, &nel))
+		if (ne > (uint64_t)INT64_MAX || __builtin_mul_overflow(span, (int64_t)(ne ? ne : 1), &span))
 			return err_set(err, ERR_FORMAT, "tensor %s: dimensions overflow (ne[%d] = %llu)",
 				       tname, d, (unsigned long long)ne);
 		t->ne[d] = (int64_t)ne;
+		nel *= (int64_t)ne; /* 0 <= nel <= span */
 	}
 	if (cur_u32(c, &type) < 0)
 		return err_set(err, ERR_FORMAT, "tensor %s: type runs past end of file", tname);
