@@ -32,12 +32,10 @@
  *
  * Shutdown (threadpool_destroy) sets `stop` and bumps `gen` under mu; workers
  * exit instead of running a job. Left out: per-thread affinity, priorities,
- * nested or concurrent runs (the contract forbids them; an assert catches a
- * nested run in debug builds).
+ * nested or concurrent runs (the contract forbids them; a CHECK catches one).
  */
 #include "base/threadpool.h"
 
-#include <assert.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -224,9 +222,7 @@ void threadpool_run(threadpool *tp, threadpool_fn fn, void *arg)
 		fn(arg, 0, 1);
 		return;
 	}
-	int was_busy = atomic_exchange_explicit(&tp->busy, 1, memory_order_relaxed);
-	assert(!was_busy && "threadpool_run is not reentrant");
-	(void)was_busy;
+	CHECK(!atomic_exchange_explicit(&tp->busy, 1, memory_order_relaxed)); /* not reentrant */
 
 	tp->fn = fn;
 	tp->arg = arg;

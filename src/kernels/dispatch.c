@@ -1,0 +1,109 @@
+/* dispatch.c - picks the kernel implementations once, from the CPU's features.
+ *
+ * Design: the reference table is built once from the ref/ fill functions.
+ * kern_init() copies it into `kern`, then walks `impls` (fastest first) and
+ * lets the first implementation that the CPU supports, and that KERNELS
+ * allows, overwrite the entries it accelerates. Entries an implementation
+ * leaves alone stay the reference ones, so a partial SIMD file is fine.
+ *
+ * KERNELS=ref forces the reference (to bisect numerical bugs); KERNELS=avx2
+ * or avx512 asks for that one; a choice the CPU or this build lacks falls
+ * back to the best available, with a warning. Unset or empty: the best.
+ *
+ * Invariants: `kern` is written only inside pthread_once, so after
+ * kern_init() returns in any thread every reader sees the full table.
+ *
+ * Left out: per-op selection (one implementation wins for the whole table)
+ * and re-initialisation (the choice is fixed for the process).
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "kernels/kernels_int.h"
+
+kern_table kern;
+
+static kern_table ref_table;
+static pthread_once_t ref_once = PTHREAD_ONCE_INIT;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+typedef struct {
+	const char *name;
+	int (*cpu_ok)(void);          /* 1 when this CPU can run it */
+	void (*fill)(kern_table *t);  /* overwrite the entries it provides */
+} kern_impl;
+
+/* Fastest first. SIMD files plug in here, e.g. for x86/avx2.c:
+     { "avx2", cpu_has_avx2, kern_avx2_fill },
+   with cpu_has_avx2() built on __builtin_cpu_supports("avx2") && ("fma")
+   && ("f16c"), and kern_avx2_fill declared in kernels_int.h. */
+static const kern_impl impls[] = {
+	{ NULL, NULL, NULL }, /* end */
+};
+
+static void build_ref(void)
+{
+	memset(&ref_table, 0, sizeof(ref_table));
+	ref_table.name = "ref";
+	kern_ref_fill_quants(&ref_table);
+	kern_ref_fill_ops(&ref_table);
+}
+
+const kern_table *kern_ref(void)
+{
+	pthread_once(&ref_once, build_ref);
+	return &ref_table;
+}
+
+static int known_name(const char *s)
+{
+	static const char *const names[] = { "ref", "avx2", "avx512" };
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (strcmp(s, names[i]) == 0)
+			return 1;
+	return 0;
+}
+
+static void choose(void)
+{
+	kern_table t = *kern_ref();
+	const char *want = getenv("KERNELS");
+	if (want && !*want)
+		want = NULL;
+	if (want && !known_name(want)) {
+		LOGW("kernels", "KERNELS=%s is not one of ref, avx2, avx512; using the best available", want);
+		want = NULL;
+	}
+	if (!want || strcmp(want, "ref") != 0) {
+		const kern_impl *pick = NULL;
+		for (const kern_impl *im = impls; im->name; im++) {
+			if (!im->cpu_ok())
+				continue;
+			if (!want || strcmp(want, im->name) == 0) {
+				pick = im;
+				break;
+			}
+		}
+		if (want && !pick) {
+			/* asked for one this CPU or build lacks: take the best there is */
+			for (const kern_impl *im = impls; im->name && !pick; im++)
+				if (im->cpu_ok())
+					pick = im;
+			LOGW("kernels", "KERNELS=%s is not available on this CPU or build; using %s", want,
+			     pick ? pick->name : "ref");
+		}
+		if (pick) {
+			pick->fill(&t);
+			t.name = pick->name;
+		}
+	}
+	kern = t;
+	LOGD("kernels", "using %s kernels", kern.name);
+}
+
+void kern_init(void)
+{
+	pthread_once(&init_once, choose);
+}
