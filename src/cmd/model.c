@@ -11,7 +11,9 @@
  *
  * Exit status: 0 done, 1 bad file or failed write, 2 usage.
  */
+#include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,9 +80,12 @@ static const char *arch_key(const gguf *g, const char *arch, const char *suffix,
 		return "-";
 	switch (gguf_kv_type(g, i)) {
 	case GGUF_TYPE_FLOAT32:
-	case GGUF_TYPE_FLOAT64:
-		snprintf(buf, n, "%g", gguf_kv_number(g, i));
+	case GGUF_TYPE_FLOAT64: {
+		double v = gguf_kv_number(g, i);
+		/* whole numbers in full (rope base 1000000, not 1e+06) */
+		snprintf(buf, n, v == (double)(int64_t)v && fabs(v) < 1e15 ? "%.0f" : "%g", v);
 		return buf;
+	}
 	case GGUF_TYPE_STRING: {
 		gguf_str s = gguf_kv_str(g, i);
 		snprintf(buf, n, "%.*s", (int)(s.n > 100 ? 100 : s.n), s.p);
@@ -200,10 +205,13 @@ static int model_info(const char *path)
 	const char *scaling = arch_key(g, arch, "rope.scaling.type", b1, sizeof(b1));
 	if (!strcmp(scaling, "-") && gguf_find_tensor(g, "rope_freqs.weight"))
 		scaling = "llama3 (rope_freqs.weight)";
-	if (strcmp(scaling, "-") && strcmp(scaling, "none"))
-		row("rope scaling", "%s, factor %s", scaling, arch_key(g, arch, "rope.scaling.factor", b2, sizeof(b2)));
-	else
+	const char *factor = arch_key(g, arch, "rope.scaling.factor", b2, sizeof(b2));
+	if (!strcmp(scaling, "-") || !strcmp(scaling, "none"))
 		row("rope scaling", "none");
+	else if (strcmp(factor, "-"))
+		row("rope scaling", "%s, factor %s", scaling, factor);
+	else
+		row("rope scaling", "%s", scaling);
 	row("rms eps", "%s", arch_key(g, arch, "attention.layer_norm_rms_epsilon", b1, sizeof(b1)));
 
 	gguf_arr toks;
