@@ -44,6 +44,7 @@ static void usage(FILE *f)
 		"  --batch-size N           prefill chunk (default 512)\n"
 		"  --dump-logits FILE       float32 [positions][n_vocab] for every token fed\n"
 		"  --no-parse-special       treat special-token text in the prompt as plain text\n"
+		"  --ids                    print generated token ids (space separated) instead of text\n"
 		"  --log-level L            debug, info, warning, error\n");
 }
 
@@ -58,12 +59,13 @@ typedef struct {
 	const char *dump;
 	int parse_special;
 	int ignore_eos;
+	int print_ids;
 	sampler_params sp;
 } gen_opts;
 
 enum {
 	OPT_TEMP = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_SEED, OPT_REP, OPT_REPN, OPT_FREQ, OPT_PRES,
-	OPT_KV, OPT_CTX, OPT_BATCH, OPT_DUMP, OPT_NOSPECIAL, OPT_IGNORE_EOS, OPT_LOG,
+	OPT_KV, OPT_CTX, OPT_BATCH, OPT_DUMP, OPT_NOSPECIAL, OPT_IGNORE_EOS, OPT_LOG, OPT_IDS,
 };
 
 static int parse_args(int argc, char **argv, gen_opts *o)
@@ -85,6 +87,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
 		{ "no-parse-special", no_argument, 0, OPT_NOSPECIAL },
 		{ "ignore-eos", no_argument, 0, OPT_IGNORE_EOS },
 		{ "log-level", required_argument, 0, OPT_LOG },
+		{ "ids", no_argument, 0, OPT_IDS },
 		{ "help", no_argument, 0, 'h' },              { 0, 0, 0, 0 },
 	};
 	long l;
@@ -113,6 +116,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
 		case OPT_DUMP: o->dump = optarg; break;
 		case OPT_NOSPECIAL: o->parse_special = 0; break;
 		case OPT_IGNORE_EOS: o->ignore_eos = 1; break;
+		case OPT_IDS: o->print_ids = 1; break;
 		case OPT_LOG:
 			if (log_level_parse(optarg) < 0)
 				bad = "--log-level";
@@ -277,8 +281,12 @@ int cmd_generate(int argc, char **argv)
 		if (!o.ignore_eos && tokenizer_is_eog(tok, so.id))
 			break;
 		sampler_accept(smp, so.id);
-		size_t k = tokenizer_detok_push(&d, so.id, piece);
-		fwrite(piece, 1, k, stdout);
+		if (o.print_ids) {
+			printf("%s%d", n_out ? " " : "", so.id);
+		} else {
+			size_t k = tokenizer_detok_push(&d, so.id, piece);
+			fwrite(piece, 1, k, stdout);
+		}
 		fflush(stdout);
 		int p = (int)n_prompt + n_out++;
 		ids[p] = so.id;
