@@ -45,6 +45,7 @@ $(BUILD)/src/kernels/x86/avx2.o:   ISA := -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/x86/avx512.o: ISA := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
 
 .PHONY: all test check clean unit e2e demo
+.SECONDARY:
 all: $(BIN)
 
 $(BUILD)/%.o: %.c
