@@ -57,23 +57,26 @@ static tokenizer *open_tokenizer(const char *cmd, const char *path, gguf **g)
 	return t;
 }
 
+/* All of stdin; NUL-terminated (*len excludes the NUL, which the text may
+   also contain). NULL on a read error or out of memory. */
 static char *read_stdin(size_t *len)
 {
 	size_t cap = 1 << 16, n = 0;
 	char *buf = alloc_bytes(cap);
 	while (buf) {
-		if (n == cap) {
+		if (n == cap - 1) {
 			char *b = alloc_resize(buf, cap * 2);
 			if (!b)
 				break;
 			buf = b;
 			cap *= 2;
 		}
-		size_t k = fread(buf + n, 1, cap - n, stdin);
+		size_t k = fread(buf + n, 1, cap - 1 - n, stdin);
 		n += k;
 		if (k == 0) {
 			if (ferror(stdin))
 				break;
+			buf[n] = 0;
 			*len = n;
 			return buf;
 		}

@@ -296,7 +296,7 @@ static int read_bool(const gguf *g, const char *key, bool *out, char *err)
 static int promote_control(tokenizer *t, int32_t id)
 {
 	if (!(t->tok[id].attr & TOKENIZER_ATTR_CONTROL)) {
-		LOGI(TAG, "control-looking token %d '%.*s' was not control-type; making it control (as llama.cpp)",
+		LOGD(TAG, "control-looking token %d '%.*s' was not control-type; making it control (as llama.cpp)",
 		     id, (int)t->tok[id].len, t->tok[id].text);
 		t->tok[id].attr |= TOKENIZER_ATTR_CONTROL;
 	}
