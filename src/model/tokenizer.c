@@ -48,12 +48,18 @@
  * in range; every special id field is TOKENIZER_NULL or in range; add_bos
  * implies bos != NULL, add_eos implies eos != NULL.
  *
- * Deviations from llama.cpp, all on inputs where it crashes, throws or is
- * unspecified: out-of-range special ids, length mismatches, duplicate texts,
- * merges naming or making non-tokens are load errors here (llama.cpp warns,
- * ignores, or aborts); equal-length overlapping special texts are tried in id
- * order (llama.cpp: unstable sort order); see also tokenizer_spm.c and
- * unicode.h for byte-level corner cases.
+ * Deviations from llama.cpp (none affects a well-formed vocabulary and
+ * valid UTF-8 outside the Unicode 15.x additions):
+ *   - refused at load, where llama.cpp warns and goes on: a special id outside
+ *     the vocabulary (it falls back to the default), scores/token_type arrays
+ *     of another length than tokens (it accepts longer ones), merges that
+ *     name or make a non-token (it keeps them); and duplicate token texts
+ *     (it aborts);
+ *   - ties llama.cpp leaves to hash-map or unstable-sort order are broken by
+ *     list order (step 4) and by id (equal-length special texts);
+ *   - code point classes come from Unicode 14.0, llama.cpp's from 15.1
+ *     (tools/gen_unicode_tables.py); byte-level corner cases are in
+ *     tokenizer_spm.c and unicode.h.
  *
  * Left out: WPM/UGM/RWKV/PLaMo-2 vocabularies, SPM-style BPE (gemma4,
  * escape_whitespaces), the other pre-tokenizers, add_sep, suppress_tokens.

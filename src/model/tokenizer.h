@@ -78,10 +78,11 @@ int tokenizer_check(const tokenizer *t, char err[ERR_LEN]);
    add_special: BOS/EOS as the vocabulary asks (add_bos/add_eos).
    parse_special: control and unknown-type token texts in the input (e.g.
    "<|im_start|>") become their ids; without it they are plain text.
-   User-defined tokens are always matched, as in llama.cpp. Where several
-   special texts overlap, the longer wins (llama.cpp's order; among equal
-   lengths the lower id, where llama.cpp's order is unspecified).
-   0, ERR_NOMEM, or ERR_INVAL (len > INT32_MAX). */
+   User-defined tokens are always matched, as in llama.cpp. Special texts
+   are matched longest first over the whole input, so a longer one wins over
+   an overlapping shorter one even when the shorter starts earlier (llama.cpp's
+   order; among equal lengths the lower id, where llama.cpp's is unspecified).
+   0, ERR_NOMEM, or ERR_INVAL (len > 256 MiB). */
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special,
 		     bool parse_special, int32_t **ids, size_t *n);
 
@@ -128,7 +129,7 @@ enum {
 	TOKENIZER_DETOK_SPECIAL = 1, /* render control tokens */
 	TOKENIZER_DETOK_REPLACE = 2, /* invalid UTF-8 -> U+FFFD */
 };
-typedef struct {
+typedef struct { /* fields are private */
 	const tokenizer *t; /* borrowed */
 	unsigned flags;
 	uint8_t held[4];    /* incomplete character carried to the next push */

@@ -47,6 +47,11 @@ static int add_pair(const tokenizer *t, const sym *s, int32_t l, int32_t r, toke
 	return tokenizer_heap_push(h, b);
 }
 
+static size_t utf8_len(uint32_t c)
+{
+	return c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+}
+
 /* GPT-2 alphabet text of raw bytes b[0..n) into enc; returns its length. */
 static size_t alphabet_text(const uint8_t *b, size_t n, char *enc)
 {
@@ -131,14 +136,19 @@ int tokenizer_bpe_encode(const tokenizer *t, const char *text, size_t len, token
 	}
 	size_t nw = pretok_split(t->pre, cpts, n, lens, tmp);
 
+	/* scratch for the longest word, in UTF-8 bytes (one symbol per byte; a
+	   byte's alphabet char is <= 2 bytes) */
 	size_t longest = 0;
-	for (size_t w = 0; w < nw; w++)
-		if (lens[w] > longest)
-			longest = lens[w];
-	/* a code point is <= 4 bytes; a byte's alphabet char <= 2 bytes */
-	bytes = alloc_array(longest, 4);
-	s = alloc_array(longest * 4, sizeof(*s));
-	enc = alloc_array(longest, 8);
+	for (size_t w = 0, c = 0; w < nw; w++) {
+		size_t nb = 0;
+		for (size_t end = c + lens[w]; c < end; c++)
+			nb += utf8_len(cpts[c]);
+		if (nb > longest)
+			longest = nb;
+	}
+	bytes = alloc_bytes(longest);
+	s = alloc_array(longest, sizeof(*s));
+	enc = alloc_array(longest, 2);
 	if (!bytes || !s || !enc)
 		goto fail;
 
