@@ -137,7 +137,6 @@ static uint64_t rng(void)
 
 Test(unicode, classes)
 {
-	cr_assert_str_eq(unicode_data_version, "14.0.0");
 	const struct {
 		uint32_t c;
 		unsigned want;
