@@ -726,6 +726,7 @@ typedef struct {
 	int n_types;               /* token_type length (MINI_N normally) */
 	const char *merge0;        /* replaces merges[0] */
 	const char *tok_dup;       /* replaces token "he" */
+	bool empty_end;            /* "<|end|>" becomes "" */
 	int64_t bos;               /* -1: none */
 	bool add_bos;
 } mini_opts;
@@ -748,7 +749,7 @@ static vocab mini(mini_opts o, char *err)
 	toks[257] = "ll";
 	toks[258] = "hell";
 	toks[259] = "hello";
-	toks[260] = "<|end|>";
+	toks[260] = o.empty_end ? "" : "<|end|>";
 	int32_t types[MINI_N];
 	for (int i = 0; i < MINI_N; i++)
 		types[i] = i == 260 ? 3 : 1;
@@ -850,6 +851,50 @@ Test(broken, clear_errors)
 	vocab v = mini(o, err);
 	cr_assert(v.t, "%s", err);
 	cr_assert_eq(tokenizer_bos(v.t), 11);
+	unload(&v);
+}
+
+Test(broken, empty_token_is_renamed_like_llamacpp)
+{
+	char err[ERR_LEN] = "";
+	mini_opts o = mini_default();
+	o.empty_end = true;
+	vocab v = mini(o, err);
+	cr_assert(v.t, "%s", err);
+	size_t n;
+	const char *s = tokenizer_token_text(v.t, 260, &n);
+	cr_assert(n == 11 && memcmp(s, "[EMPTY_260]", 11) == 0, "'%.*s'", (int)n, s);
+	cr_assert_eq(tokenizer_find(v.t, "[EMPTY_260]", 11), 260);
+	unload(&v);
+}
+
+/* An SPM vocabulary without byte tokens: where llama.cpp would throw, an
+   unknown character becomes <unk>. */
+Test(broken, spm_without_byte_tokens_uses_unk)
+{
+	const char *toks[] = { "<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "\xe2\x96\x81" "a" };
+	const int32_t types[] = { 2, 3, 3, 1, 1, 1 };
+	const float scores[] = { 0, 0, 0, -1, -2, -0.5f };
+	gguf_writer *w = gguf_writer_create();
+	gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
+	gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, 6);
+	gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types, 6);
+	gguf_writer_set_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores, 6);
+	char err[ERR_LEN] = "";
+	vocab v = { 0 };
+	size_t len;
+	cr_assert(gguf_writer_write_mem(w, &v.mem, &len, err) == 0, "%s", err);
+	gguf_writer_destroy(w);
+	v.g = gguf_open_mem(v.mem, len, err);
+	cr_assert(v.g, "%s", err);
+	v.t = tokenizer_create(v.g, err);
+	cr_assert(v.t, "%s", err);
+	int32_t *ids;
+	size_t n = enc(v.t, "ab a", 4, true, false, &ids);
+	const int32_t want[] = { 1, 5, 0, 5 }; /* <s> ▁a <unk> ▁a */
+	assert_ids(ids, n, want, 4, "spm without bytes");
+	alloc_free(ids);
+	cr_assert_eq(tokenizer_nl(v.t), TOKENIZER_NULL);
 	unload(&v);
 }
 
