@@ -427,6 +427,8 @@ static void window_push(sampler *s, int32_t id)
 
 int sampler_accept_prompt(sampler *s, const int32_t *ids, int n)
 {
+	if (n < 0 || (n > 0 && !ids))
+		return ERR_INVAL;
 	for (int i = 0; i < n; i++)
 		if (ids[i] < 0 || ids[i] >= s->n_vocab)
 			return ERR_INVAL;
@@ -669,6 +671,17 @@ static int top_scan(const float *v, int n, int k, bool skip_neg_inf, bool sorted
 #define HEAP_MAX 1024
 #define N_BUCKET 256   /* top_p histogram: quarter-octave buckets, 64 octaves */
 
+/* b, or id if id is a better argmax (larger, or equal with a lower id);
+   b < 0 means none yet. Tokens at -inf never qualify. */
+static inline int better(const float *z, int id, int b)
+{
+	if (z[id] == -INFINITY)
+		return b;
+	if (b < 0 || z[id] > z[b] || (z[id] == z[b] && id < b))
+		return id;
+	return b;
+}
+
 /* Steps 1-5 of the top comment into s->z, and the first argmax of the
    result; -1 when every token is at -inf. */
 static int prepare(sampler *s, const float *logits)
@@ -714,18 +727,10 @@ static int prepare(sampler *s, const float *logits)
 		b = sampler_argmax(z, n);
 		return z[b] > -INFINITY ? b : -1;
 	}
-#define CONSIDER(id_)                                                         \
-	do {                                                                  \
-		int32_t c_ = (id_);                                           \
-		if (z[c_] > -INFINITY &&                                      \
-		    (b < 0 || z[c_] > z[b] || (z[c_] == z[b] && c_ < b)))      \
-			b = c_;                                               \
-	} while (0)
 	for (int i = 0; i < s->n_seen; i++)
-		CONSIDER(s->seen[i]);
+		b = better(z, s->seen[i], b);
 	for (int i = 0; i < p->n_logit_bias; i++)
-		CONSIDER(s->bias[i].id);
-#undef CONSIDER
+		b = better(z, s->bias[i].id, b);
 	return b;
 }
 

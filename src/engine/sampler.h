@@ -113,10 +113,11 @@ typedef struct {
 sampler *sampler_create(const sampler_params *p, int n_vocab, char err[ERR_LEN]);
 void     sampler_destroy(sampler *s); /* NULL is fine */
 
-/* Feed prompt tokens into the repetition window (they count for
+/* Feed prompt tokens ids[0..n) into the repetition window (they count for
    repetition_penalty only, not for frequency/presence or min_tokens). Call
-   before the first sample; calling again appends. Returns 0, or ERR_INVAL if
-   any id is outside [0, n_vocab), in which case nothing was recorded. */
+   before the first sample; calling again appends. Returns 0, or ERR_INVAL
+   for n < 0 or any id outside [0, n_vocab), in which case nothing was
+   recorded. */
 int sampler_accept_prompt(sampler *s, const int32_t *ids, int n);
 
 /* Record a generated token the request keeps: repetition window, frequency/
@@ -125,10 +126,10 @@ int sampler_accept_prompt(sampler *s, const int32_t *ids, int n);
 int sampler_accept(sampler *s, int32_t id);
 
 /* Pick the next token from logits [n_vocab] (not modified, borrowed for the
-   call). Fills out. Allocation-free, O(n_vocab) plus sorting only the
-   candidates that truncation keeps. Returns 0, or ERR_INVAL when no token is
-   left with a logit above -inf after NaNs, bans and biases (all-NaN logits,
-   say); then out->id is -1. */
+   call) and fill *out (required). Allocation-free; a few linear passes over
+   the vocab, never a full sort (sampler.c, "Speed"). Returns 0, or ERR_INVAL
+   when no token is left above -inf after NaNs, bans and biases (all-NaN
+   logits, say); then out->id is -1. */
 int sampler_sample(sampler *s, const float *logits, sampler_out *out);
 
 /* Tokens sampler_accept()ed so far. */

@@ -695,6 +695,8 @@ Test(sampler, penalty_bookkeeping_survives_a_long_run)
 	cr_assert(eq(int, sampler_accept(s, -1), ERR_INVAL));
 	int32_t bad[] = { 1, 2, V };
 	cr_assert(eq(int, sampler_accept_prompt(s, bad, 3), ERR_INVAL));
+	cr_assert(eq(int, sampler_accept_prompt(s, bad, -1), ERR_INVAL));
+	cr_assert(eq(int, sampler_accept_prompt(s, NULL, 0), 0));
 	cr_assert(eq(i64, sampler_n_generated(s), 2000));
 	cr_assert(eq(int, sampler_check(s), 0));
 	sampler_destroy(s);
