@@ -127,7 +127,8 @@ int sampler_accept(sampler *s, int32_t id);
 
 /* Pick the next token from logits [n_vocab] (not modified, borrowed for the
    call) and fill *out (required). Allocation-free; a few linear passes over
-   the vocab, never a full sort (sampler.c, "Speed"). Returns 0, or ERR_INVAL
+   the vocab, sorting only the candidates top_p walks through (sampler.c,
+   "Speed"). Returns 0, or ERR_INVAL
    when no token is left above -inf after NaNs, bans and biases (all-NaN
    logits, say); then out->id is -1. */
 int sampler_sample(sampler *s, const float *logits, sampler_out *out);
