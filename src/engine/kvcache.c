@@ -7,17 +7,22 @@
  *       +---kvcache_release------+  (when the count reaches 0)
  *
  * The free list is a stack of page ids (free_stack[0..n_free)); refcount[p]
- * is 0 exactly when p is on the stack. Memory is one allocation per layer
- * per K/V, page-major, so a page's rows for one layer are contiguous (the
- * KV transfer of a later issue sends them as one run per layer).
+ * is 0 exactly when p is on the stack. Memory is one mmap'd region (K and V
+ * of every layer, page-major inside each), so a page's rows for one layer
+ * are contiguous and the whole pool can be registered or shared at once:
+ * the shm transfer backend maps a memfd-backed pool into the prefill
+ * process, RDMA registers it. The region comes from mmap, not alloc.h: it
+ * is large, page-aligned and, when shared, must be a file mapping.
  *
  * Invariants: sum over pages of (refcount == 0) == n_free; each free page
  * appears once on the stack. kvcache_check() verifies both.
  */
 #include "engine/kvcache.h"
 
+#include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "base/alloc.h"
 #include "base/log.h"
@@ -28,17 +33,42 @@ struct kvcache {
 	kvcache_config cfg;
 	int n_layer;
 	size_t page_bytes; /* one layer, K or V */
+	size_t layer_bytes;
 	llama_kv view;
-	void **k, **v;     /* [n_layer] */
+	void *base;        /* the region, kvcache_bytes() long */
+	int shm_fd;        /* memfd when shared, else -1 */
+	void **k, **v;     /* [n_layer] pointers into base */
 	int32_t *refcount; /* [n_pages] */
 	int32_t *free_stack;
 	int n_free;
 };
 
-static void *pool_alloc(size_t bytes)
+/* The region: anonymous, or a memfd another process can map. */
+static void *pool_map(size_t bytes, bool shared, int *fd, char *err)
 {
-	void *p = alloc_aligned(2u << 20, bytes);
-	if (p && bytes >= (2u << 20))
+	*fd = -1;
+	void *p;
+	if (shared) {
+		*fd = memfd_create("pdserve-kv", MFD_CLOEXEC);
+		if (*fd < 0 || ftruncate(*fd, (off_t)bytes) < 0) {
+			err_set(err, ERR_IO, "kv cache: memfd of %zu bytes: %s", bytes, strerror(errno));
+			if (*fd >= 0)
+				close(*fd);
+			*fd = -1;
+			return NULL;
+		}
+		p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+	} else {
+		p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	}
+	if (p == MAP_FAILED) {
+		err_set(err, ERR_NOMEM, "kv cache: mmap of %zu bytes: %s", bytes, strerror(errno));
+		if (*fd >= 0)
+			close(*fd);
+		*fd = -1;
+		return NULL;
+	}
+	if (bytes >= (2u << 20))
 		madvise(p, bytes, MADV_HUGEPAGE); /* advisory: fewer TLB misses when the OS allows */
 	return p;
 }
@@ -56,8 +86,9 @@ kvcache *kvcache_create(const llama_hparams *hp, const kvcache_config *cfg, char
 			qtype_name(cfg->dtype));
 		return NULL;
 	}
-	size_t layer_bytes;
-	if (alloc_mul_overflow(page_bytes, (size_t)cfg->n_pages, &layer_bytes)) {
+	size_t layer_bytes, total;
+	if (alloc_mul_overflow(page_bytes, (size_t)cfg->n_pages, &layer_bytes) ||
+	    alloc_mul_overflow(layer_bytes, 2 * (size_t)hp->n_layer, &total)) {
 		err_set(err, ERR_INVAL, "kv cache: %d pages overflow", cfg->n_pages);
 		return NULL;
 	}
@@ -67,17 +98,22 @@ kvcache *kvcache_create(const llama_hparams *hp, const kvcache_config *cfg, char
 	kc->cfg = *cfg;
 	kc->n_layer = hp->n_layer;
 	kc->page_bytes = page_bytes;
+	kc->layer_bytes = layer_bytes;
+	kc->shm_fd = -1;
 	kc->k = alloc_zeroed((size_t)hp->n_layer, sizeof(void *));
 	kc->v = alloc_zeroed((size_t)hp->n_layer, sizeof(void *));
 	kc->refcount = alloc_zeroed((size_t)cfg->n_pages, sizeof(int32_t));
 	kc->free_stack = alloc_array((size_t)cfg->n_pages, sizeof(int32_t));
 	if (!kc->k || !kc->v || !kc->refcount || !kc->free_stack)
 		goto nomem;
+	kc->base = pool_map(total, cfg->shared, &kc->shm_fd, err);
+	if (!kc->base) {
+		kvcache_destroy(kc);
+		return NULL;
+	}
 	for (int l = 0; l < hp->n_layer; l++) {
-		kc->k[l] = pool_alloc(layer_bytes);
-		kc->v[l] = pool_alloc(layer_bytes);
-		if (!kc->k[l] || !kc->v[l])
-			goto nomem;
+		kc->k[l] = (char *)kc->base + (size_t)(2 * l) * layer_bytes;
+		kc->v[l] = (char *)kc->base + (size_t)(2 * l + 1) * layer_bytes;
 	}
 	/* stack top = page 0 so fresh pools hand out 0, 1, 2, ... */
 	for (int i = 0; i < cfg->n_pages; i++)
@@ -97,10 +133,10 @@ void kvcache_destroy(kvcache *kc)
 {
 	if (!kc)
 		return;
-	for (int l = 0; kc->k && l < kc->n_layer; l++)
-		alloc_free(kc->k[l]);
-	for (int l = 0; kc->v && l < kc->n_layer; l++)
-		alloc_free(kc->v[l]);
+	if (kc->base)
+		munmap(kc->base, kvcache_bytes(kc));
+	if (kc->shm_fd >= 0)
+		close(kc->shm_fd);
 	alloc_free(kc->k);
 	alloc_free(kc->v);
 	alloc_free(kc->refcount);
@@ -121,8 +157,14 @@ int kvcache_pages_for(const kvcache *kc, int n_tokens)
 
 size_t kvcache_bytes(const kvcache *kc)
 {
-	return kc->page_bytes * (size_t)kc->cfg.n_pages * (size_t)kc->n_layer * 2;
+	return kc->layer_bytes * (size_t)kc->n_layer * 2;
 }
+
+void *kvcache_base(const kvcache *kc) { return kc->base; }
+size_t kvcache_page_bytes(const kvcache *kc) { return kc->page_bytes; }
+size_t kvcache_layer_bytes(const kvcache *kc) { return kc->layer_bytes; }
+int kvcache_n_layer(const kvcache *kc) { return kc->n_layer; }
+int kvcache_shm_fd(const kvcache *kc) { return kc->shm_fd; }
 
 int kvcache_alloc(kvcache *kc, int n, int32_t *out)
 {

@@ -12,6 +12,7 @@
 #ifndef PDSERVE_ENGINE_KVCACHE_H
 #define PDSERVE_ENGINE_KVCACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +23,7 @@ typedef struct {
 	int dtype;      /* QTYPE_F32 / QTYPE_F16 / QTYPE_BF16 */
 	int page_size;  /* positions per page, >= 1 */
 	int n_pages;    /* >= 1 */
+	bool shared;    /* back the pool with a memfd another process can map (shm transfer) */
 } kvcache_config;
 
 typedef struct kvcache kvcache;
@@ -47,6 +49,16 @@ int kvcache_refcount(const kvcache *kc, int32_t page);
 int kvcache_pages_for(const kvcache *kc, int n_tokens);
 /* Total bytes of K and V memory. */
 size_t kvcache_bytes(const kvcache *kc);
+
+/* Memory layout: one region of kvcache_bytes() bytes; layer l's K starts at
+   offset (2l) * layer_bytes and its V at (2l + 1) * layer_bytes, each
+   [n_pages][page_bytes]. A page of one layer's K (or V) is page_bytes long. */
+void *kvcache_base(const kvcache *kc);
+size_t kvcache_page_bytes(const kvcache *kc);
+size_t kvcache_layer_bytes(const kvcache *kc);
+int kvcache_n_layer(const kvcache *kc);
+/* The memfd of a shared pool (borrowed), or -1. */
+int kvcache_shm_fd(const kvcache *kc);
 
 /* Consistency check for tests and debug builds: free list and refcounts agree.
    0 or ERR_INVAL with a message. */

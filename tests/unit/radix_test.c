@@ -1,6 +1,7 @@
 /* radix_test.c - the prefix tree and the page pool under it. */
 #include <criterion/criterion.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "engine/kvcache.h"
 #include "engine/radix.h"
@@ -136,5 +137,35 @@ Test(radix, evicts_lru_leaves_first)
 	cr_expect_eq(kvcache_n_free(kc), 16);
 	check(kc, rc);
 	radix_destroy(rc);
+	kvcache_destroy(kc);
+}
+
+Test(kvcache, shared_pool_is_visible_through_its_fd)
+{
+	char err[ERR_LEN];
+	llama_hparams hp = tiny_hp();
+	kvcache_config c = { .dtype = QTYPE_F32, .page_size = 4, .n_pages = 8, .shared = true };
+	kvcache *kc = kvcache_create(&hp, &c, err);
+	cr_assert(kc, "%s", err);
+	int fd = kvcache_shm_fd(kc);
+	cr_assert_geq(fd, 0);
+	size_t bytes = kvcache_bytes(kc);
+	cr_expect_eq(bytes, kvcache_layer_bytes(kc) * 2 * (size_t)hp.n_layer);
+	cr_expect_eq(kvcache_page_bytes(kc), 4 * 8 * sizeof(float));
+	/* a second mapping of the fd (what the prefill process does) sees our writes */
+	char *other = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	cr_assert_neq(other, MAP_FAILED);
+	const llama_kv *kv = kvcache_view(kc);
+	((float *)kv->v[1])[5] = 42.0f;
+	size_t off = (size_t)((char *)kv->v[1] - (char *)kvcache_base(kc));
+	cr_expect_eq(off, 3 * kvcache_layer_bytes(kc));
+	float got;
+	memcpy(&got, other + off + 5 * sizeof(float), sizeof(float));
+	cr_expect_eq(got, 42.0f);
+	munmap(other, bytes);
+	kvcache_destroy(kc);
+	c.shared = false;
+	kc = kvcache_create(&hp, &c, err);
+	cr_expect_eq(kvcache_shm_fd(kc), -1);
 	kvcache_destroy(kc);
 }
