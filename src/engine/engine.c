@@ -54,6 +54,7 @@
 #include <string.h>
 
 #include "base/alloc.h"
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/threadpool.h"
 #include "engine/kvcache.h"
@@ -82,7 +83,21 @@ typedef struct req {
 	bool prompt_inserted; /* prompt pages given to the prefix cache */
 	int64_t admit_seq;
 	struct req *next;     /* inbox / waiting queue link */
+	engine_pd pd;
+	int reserve;          /* IMPORT: decode tokens reserved with the prompt */
+	int n_exported;       /* EXPORT: pages handed to kv_export so far */
+	bool abort_requested; /* IMPORT: aborted while importing; waiting for import_fail/done */
+	bool export_closed;   /* EXPORT: the last (or failed) export was handed out */
+	double t_submit, t_sched;
 } req;
+
+/* A command for the scheduler from another thread (disaggregation). */
+typedef struct {
+	uint64_t rid;
+	bool fail;                 /* import_fail, else import_done */
+	engine_import_result res;
+	char message[128];
+} import_cmd;
 
 struct engine {
 	engine_config cfg;
@@ -115,11 +130,17 @@ struct engine {
 	engine_stats stats;
 	int flush_pending;
 	uint64_t flush_gen;
+	import_cmd *cmds;
+	int n_cmds, cap_cmds;
+	int32_t *to_release;     /* pages whose export references came back */
+	int n_release, cap_release;
 	/* ---- scheduler thread only ---- */
 	req *wait_head, *wait_tail;
 	int n_waiting;
 	req **running;
 	int n_running;
+	req **importing;         /* IMPORT requests holding pages, waiting for their KV */
+	int n_importing;
 	int64_t admit_counter;
 	int64_t steps, retractions, prompt_tok, gen_tok, cached_tok;
 	int64_t finished[ENGINE_FINISH_ERROR + 1];
@@ -311,10 +332,61 @@ static void remove_running(engine *e, req *r)
 		}
 }
 
+/* Hand r's newly computed pages to the disaggregation layer. Pages that are
+   complete go out as soon as their chunk is done; the last call also sends
+   the partial last page and the first token. */
+static void do_export(engine *e, req *r, bool last, const sampler_out *so)
+{
+	if (!e->cfg.kv_export || r->export_closed)
+		return;
+	int ps = e->cfg.page_size;
+	int upto = last ? (r->n_done + ps - 1) / ps : r->n_done / ps;
+	if (upto > r->n_pages)
+		upto = r->n_pages;
+	engine_kv_export x;
+	memset(&x, 0, sizeof(x));
+	x.rid = r->rid;
+	x.user = r->user;
+	x.first = r->n_exported;
+	x.n = upto - r->n_exported;
+	if (x.n < 0)
+		x.n = 0;
+	x.pages = r->pages + x.first;
+	x.n_prompt = r->n_prompt;
+	x.kv_tokens = last ? r->n_done : upto * ps;
+	x.last = last;
+	x.cached_tokens = r->n_cached;
+	if (last && so) {
+		x.first_token = so->id;
+		x.logprob = so->logprob;
+		x.n_top = so->n_top;
+		memcpy(x.top, so->top, sizeof(sampler_logprob) * (size_t)so->n_top);
+		x.queue_s = r->t_sched - r->t_submit;
+		x.compute_s = clock_now_s() - r->t_sched;
+	}
+	if (x.n == 0 && !last)
+		return;
+	for (int i = 0; i < x.n; i++)
+		kvcache_ref(e->kc, x.pages[i]);
+	e->cfg.kv_export(e->cfg.pd_arg, &x);
+	r->n_exported = upto;
+	r->export_closed = last;
+}
+
 /* Final event for r (already out of every list), then free it. */
 static void finish(engine *e, req *r, engine_finish why, int32_t token, const sampler_out *so,
 		   const char *message)
 {
+	if (r->pd == ENGINE_PD_EXPORT && !r->export_closed && e->cfg.kv_export) {
+		/* ended before its KV was complete: tell the transfer to give up */
+		engine_kv_export x;
+		memset(&x, 0, sizeof(x));
+		x.rid = r->rid;
+		x.user = r->user;
+		x.last = x.failed = true;
+		r->export_closed = true;
+		e->cfg.kv_export(e->cfg.pd_arg, &x);
+	}
 	engine_event ev;
 	event_for(r, &ev);
 	ev.finish = why;
@@ -411,6 +483,106 @@ static req *newest_running(engine *e, const req *keep)
 
 /* ---------------------------------------------------------------- scheduling */
 
+static void unlink_waiting(engine *e, req *r, req *prev);
+
+static void remove_importing(engine *e, req *r)
+{
+	for (int i = 0; i < e->n_importing; i++)
+		if (e->importing[i] == r) {
+			e->importing[i] = e->importing[--e->n_importing];
+			return;
+		}
+}
+
+static engine_finish check_stop(engine *e, const req *r, int32_t tok);
+
+/* import_done / import_fail from the disaggregation layer. */
+static void apply_import(engine *e, const import_cmd *c)
+{
+	req *r = NULL;
+	for (int i = 0; i < e->n_importing; i++)
+		if (e->importing[i]->rid == c->rid)
+			r = e->importing[i];
+	if (!r)
+		return; /* finished meanwhile (e.g. aborted without a cancel hook) */
+	remove_importing(e, r);
+	if (c->fail || r->abort_requested) {
+		bool ab = r->abort_requested;
+		finish(e, r, ab ? ENGINE_FINISH_ABORT : ENGINE_FINISH_ERROR, -1, NULL, ab ? "aborted" : c->message);
+		return;
+	}
+	if (c->res.token < 0 || c->res.token >= e->n_vocab ||
+	    ensure_cap((void **)&r->tokens, &r->cap_tokens, r->n_tokens + 1, sizeof(int32_t)) < 0) {
+		finish(e, r, ENGINE_FINISH_ERROR, -1, NULL,
+		       c->res.token < 0 || c->res.token >= e->n_vocab ? "the prefill sent a token outside the vocabulary"
+								       : "out of memory");
+		return;
+	}
+	r->n_done = r->n_prompt; /* the transfer filled positions [0, n_prompt) */
+	r->n_cached = c->res.cached_tokens;
+	r->tokens[r->n_tokens++] = c->res.token;
+	r->n_gen = 1;
+	e->gen_tok++;
+	sampler_accept(r->smp, c->res.token);
+	sampler_out so;
+	memset(&so, 0, sizeof(so));
+	so.id = c->res.token;
+	so.logprob = c->res.logprob;
+	so.n_top = c->res.n_top;
+	memcpy(so.top, c->res.top, sizeof(sampler_logprob) * (size_t)c->res.n_top);
+	engine_finish why = check_stop(e, r, c->res.token);
+	if (why != ENGINE_FINISH_NONE) {
+		finish(e, r, why, c->res.token, &so, NULL);
+		return;
+	}
+	r->admit_seq = ++e->admit_counter;
+	e->running[e->n_running++] = r;
+	engine_event ev;
+	event_for(r, &ev);
+	ev.token = so.id;
+	ev.logprob = so.logprob;
+	ev.n_top = so.n_top;
+	memcpy(ev.top, so.top, sizeof(sampler_logprob) * (size_t)so.n_top);
+	emit(e, &ev);
+}
+
+/* Reserve pages for an IMPORT request: 1 admitted (or finished), 0 not now. */
+static int admit_import(engine *e, req *r, req *prev)
+{
+	if (e->n_running + e->n_importing >= e->cfg.max_running)
+		return 0;
+	int tokens = r->n_prompt + (r->reserve < r->max_new ? r->reserve : r->max_new);
+	if (tokens <= r->n_prompt)
+		tokens = r->n_prompt + 1;
+	int need = (tokens + e->cfg.page_size - 1) / e->cfg.page_size;
+	if (need + 1 > kvcache_n_pages(e->kc)) {
+		unlink_waiting(e, r, prev);
+		finish(e, r, ENGINE_FINISH_ERROR, -1, NULL, "request does not fit in the KV cache");
+		return 1;
+	}
+	if (need > kvcache_n_free(e->kc) + radix_evictable(e->rc))
+		return 0; /* back-pressure: the prefill waits until we have room */
+	char err[ERR_LEN];
+	if (!r->smp) {
+		r->smp = sampler_create(&r->sp, e->n_vocab, err);
+		if (!r->smp || sampler_accept_prompt(r->smp, r->tokens, r->n_prompt) < 0) {
+			unlink_waiting(e, r, prev);
+			finish(e, r, ENGINE_FINISH_ERROR, -1, NULL, err);
+			return 1;
+		}
+	}
+	if (ensure_cap((void **)&r->pages, &r->cap_pages, need, sizeof(int32_t)) < 0 ||
+	    take_pages(e, need, r->pages) < 0)
+		return 0;
+	unlink_waiting(e, r, prev);
+	r->n_pages = need;
+	r->admitted_once = true;
+	r->t_sched = clock_now_s();
+	e->importing[e->n_importing++] = r;
+	e->cfg.kv_import(e->cfg.pd_arg, r->rid, r->user, r->pages, r->n_pages);
+	return 1;
+}
+
 static void drain_inbox(engine *e)
 {
 	pthread_mutex_lock(&e->mu);
@@ -420,6 +592,24 @@ static void drain_inbox(engine *e)
 	uint64_t aborts[64];
 	int n_ab = 0;
 	pthread_mutex_unlock(&e->mu);
+
+	/* pages whose export references came back, and import commands */
+	pthread_mutex_lock(&e->mu);
+	int32_t *rel = e->to_release;
+	int n_rel = e->n_release;
+	e->to_release = NULL;
+	e->n_release = e->cap_release = 0;
+	import_cmd *cmds = e->cmds;
+	int n_cmds = e->n_cmds;
+	e->cmds = NULL;
+	e->n_cmds = e->cap_cmds = 0;
+	pthread_mutex_unlock(&e->mu);
+	if (n_rel)
+		kvcache_release(e->kc, rel, n_rel);
+	alloc_free(rel);
+	for (int i = 0; i < n_cmds; i++)
+		apply_import(e, &cmds[i]);
+	alloc_free(cmds);
 
 	while (in) {
 		req *r = in;
@@ -466,6 +656,21 @@ static void drain_inbox(engine *e)
 					req *r = e->running[i];
 					remove_running(e, r);
 					finish(e, r, ENGINE_FINISH_ABORT, -1, NULL, "aborted");
+					done = true;
+					break;
+				}
+			for (int i = 0; !done && i < e->n_importing; i++)
+				if (e->importing[i]->rid == rid) {
+					req *r = e->importing[i];
+					if (r->abort_requested)
+						break;
+					r->abort_requested = true;
+					if (e->cfg.kv_import_cancel) {
+						e->cfg.kv_import_cancel(e->cfg.pd_arg, r->rid, r->user);
+					} else {
+						remove_importing(e, r);
+						finish(e, r, ENGINE_FINISH_ABORT, -1, NULL, "aborted");
+					}
 					break;
 				}
 		}
@@ -523,7 +728,11 @@ static void unlink_waiting(engine *e, req *r, req *prev)
 static int admit_one(engine *e)
 {
 	req *prev, *r = pick_waiting(e, &prev);
-	if (!r || e->n_running >= e->cfg.max_running)
+	if (!r)
+		return 0;
+	if (r->pd == ENGINE_PD_IMPORT)
+		return admit_import(e, r, prev);
+	if (e->n_running + e->n_importing >= e->cfg.max_running)
 		return 0;
 	int total_pages = (r->n_tokens + e->cfg.page_size - 1) / e->cfg.page_size;
 	if (total_pages + 1 > kvcache_n_pages(e->kc)) {
@@ -558,6 +767,8 @@ static int admit_one(engine *e)
 		e->cached_tok += r->n_cached;
 		r->admitted_once = true;
 	}
+	if (r->t_sched == 0)
+		r->t_sched = clock_now_s();
 	r->admit_seq = ++e->admit_counter;
 	e->running[e->n_running++] = r;
 	return 1;
@@ -703,8 +914,11 @@ static void run_step(engine *e, int n)
 		if (prompt_part > 0)
 			e->prompt_tok += prompt_part < e->b_take[k] ? prompt_part : e->b_take[k];
 		r->n_done += e->b_take[k];
-		if (r->n_done < r->n_tokens)
+		if (r->n_done < r->n_tokens) {
+			if (r->pd == ENGINE_PD_EXPORT)
+				do_export(e, r, false, NULL); /* this chunk's whole pages leave now */
 			continue; /* more prompt to come */
+		}
 		const float *lg = e->logits + (size_t)row++ * e->n_vocab;
 		if (!r->prompt_inserted && r->n_done >= r->n_prompt) {
 			cache_pages(e, r); /* let concurrent requests share the prompt now */
@@ -731,6 +945,11 @@ static void run_step(engine *e, int n)
 		r->n_gen++;
 		e->gen_tok++;
 		engine_finish why = check_stop(e, r, so.id);
+		if (r->pd == ENGINE_PD_EXPORT) {
+			do_export(e, r, true, &so); /* last pages + the first token */
+			if (why == ENGINE_FINISH_NONE)
+				why = ENGINE_FINISH_LENGTH; /* a prefill's answer is one token */
+		}
 		if (why != ENGINE_FINISH_NONE) {
 			remove_running(e, r);
 			finish(e, r, why, so.id, &so, NULL);
@@ -752,6 +971,7 @@ static void publish_stats(engine *e)
 	memset(&s, 0, sizeof(s));
 	s.running = e->n_running;
 	s.waiting = e->n_waiting;
+	s.importing = e->n_importing;
 	s.pages_total = kvcache_n_pages(e->kc);
 	s.pages_free = kvcache_n_free(e->kc);
 	s.pages_cached = radix_n_pages(e->rc);
@@ -781,8 +1001,8 @@ static void *scheduler_main(void *arg)
 	engine *e = arg;
 	for (;;) {
 		pthread_mutex_lock(&e->mu);
-		while (!e->stop && !e->inbox_head && !e->n_aborts && !e->flush_pending && e->n_running == 0 &&
-		       e->n_waiting == 0)
+		while (!e->stop && !e->inbox_head && !e->n_aborts && !e->flush_pending && !e->n_cmds &&
+		       !e->n_release && e->n_running == 0 && e->n_waiting == 0)
 			pthread_cond_wait(&e->cv, &e->mu);
 		bool stop = e->stop;
 		int flush = e->flush_pending;
@@ -819,7 +1039,8 @@ static void *scheduler_main(void *arg)
 			/* a waiting head that cannot be admitted with nothing running is
 			   finished by admit_one; reaching here means we must wait for input */
 			pthread_mutex_lock(&e->mu);
-			if (!e->inbox_head && !e->n_aborts && !e->flush_pending && !e->stop)
+			if (!e->inbox_head && !e->n_aborts && !e->flush_pending && !e->stop && !e->n_cmds &&
+			    !e->n_release)
 				pthread_cond_wait(&e->cv, &e->mu);
 			pthread_mutex_unlock(&e->mu);
 		}
@@ -901,7 +1122,8 @@ engine *engine_create(const engine_config *cfg_in, char err[ERR_LEN])
 	}
 	e->max_total_tokens = tokens;
 	kvcache_config kcfg = { .dtype = cfg.kv_dtype, .page_size = cfg.page_size,
-				.n_pages = (int)((tokens + cfg.page_size - 1) / cfg.page_size) };
+				.n_pages = (int)((tokens + cfg.page_size - 1) / cfg.page_size),
+				.shared = cfg.kv_shared };
 	if (!(e->kc = kvcache_create(hp, &kcfg, err)))
 		goto fail;
 	if (!(e->rc = radix_create(e->kc, err)))
@@ -922,9 +1144,10 @@ engine *engine_create(const engine_config *cfg_in, char err[ERR_LEN])
 	e->b_req = alloc_array(R, sizeof(req *));
 	e->b_take = alloc_array(R, sizeof(int));
 	e->running = alloc_array(R, sizeof(req *));
+	e->importing = alloc_array(R, sizeof(req *));
 	e->logits = alloc_array(R * (size_t)e->n_vocab, sizeof(float));
 	if (!e->b_tok || !e->b_pos || !e->b_seq || !e->b_want || !e->b_npages || !e->b_pages || !e->b_req ||
-	    !e->b_take || !e->running || !e->logits) {
+	    !e->b_take || !e->running || !e->importing || !e->logits) {
 		err_set(err, ERR_NOMEM, "out of memory for the engine's batch buffers");
 		goto fail;
 	}
@@ -969,6 +1192,11 @@ void engine_destroy(engine *e)
 			kvcache_release(e->kc, e->running[i]->pages, e->running[i]->n_pages);
 		req_free(e->running[i]);
 	}
+	for (int i = 0; i < e->n_importing; i++) {
+		if (e->kc)
+			kvcache_release(e->kc, e->importing[i]->pages, e->importing[i]->n_pages);
+		req_free(e->importing[i]);
+	}
 	radix_destroy(e->rc);
 	kvcache_destroy(e->kc);
 	llama_ctx_destroy(e->lc);
@@ -984,6 +1212,9 @@ void engine_destroy(engine *e)
 	alloc_free(e->b_req);
 	alloc_free(e->b_take);
 	alloc_free(e->running);
+	alloc_free(e->importing);
+	alloc_free(e->cmds);
+	alloc_free(e->to_release);
 	alloc_free(e->logits);
 	alloc_free(e->aborts);
 	alloc_free(e->live);
@@ -1022,6 +1253,10 @@ int engine_submit(engine *e, const engine_request *in, char err[ERR_LEN])
 	int rc = sampler_params_validate(&in->sampling, e->n_vocab, err);
 	if (rc < 0)
 		return rc;
+	if ((in->pd == ENGINE_PD_EXPORT && !e->cfg.kv_export) || (in->pd == ENGINE_PD_IMPORT && !e->cfg.kv_import))
+		return err_set(err, ERR_INVAL, "this engine does not run disaggregated requests");
+	if (in->pd == ENGINE_PD_IMPORT && in->max_new_tokens < 1)
+		return err_set(err, ERR_INVAL, "a decode request needs max_new_tokens >= 1");
 
 	req *r = alloc_zeroed(1, sizeof(*r));
 	if (!r)
@@ -1032,6 +1267,9 @@ int engine_submit(engine *e, const engine_request *in, char err[ERR_LEN])
 	r->max_new = in->max_new_tokens;
 	r->ignore_eos = in->ignore_eos;
 	r->sp = in->sampling;
+	r->pd = in->pd;
+	r->reserve = in->reserve_tokens > 0 ? in->reserve_tokens : 0;
+	r->t_submit = clock_now_s();
 	r->cap_tokens = in->n_prompt + (in->max_new_tokens < 64 ? in->max_new_tokens : 64) + 1;
 	r->tokens = alloc_array((size_t)r->cap_tokens, sizeof(int32_t));
 	if (!r->tokens)
@@ -1134,6 +1372,67 @@ void engine_get_stats(engine *e, engine_stats *out)
 	*out = e->stats;
 	out->waiting += e->n_inbox;
 	pthread_mutex_unlock(&e->mu);
+}
+
+const struct kvcache *engine_kvcache(const engine *e)
+{
+	return e->kc;
+}
+
+void engine_release_pages(engine *e, const int32_t *pages, int n)
+{
+	if (n <= 0)
+		return;
+	pthread_mutex_lock(&e->mu);
+	if (ensure_cap((void **)&e->to_release, &e->cap_release, e->n_release + n, sizeof(int32_t)) == 0) {
+		memcpy(e->to_release + e->n_release, pages, sizeof(int32_t) * (size_t)n);
+		e->n_release += n;
+		pthread_cond_signal(&e->cv);
+	} else {
+		LOGE("engine", "out of memory returning %d pages; they stay allocated", n);
+	}
+	pthread_mutex_unlock(&e->mu);
+}
+
+static int push_cmd(engine *e, const import_cmd *c)
+{
+	pthread_mutex_lock(&e->mu);
+	int rc = ensure_cap((void **)&e->cmds, &e->cap_cmds, e->n_cmds + 1, sizeof(import_cmd));
+	if (rc == 0) {
+		e->cmds[e->n_cmds++] = *c;
+		pthread_cond_signal(&e->cv);
+	}
+	pthread_mutex_unlock(&e->mu);
+	return rc;
+}
+
+int engine_import_done(engine *e, uint64_t rid, const engine_import_result *res)
+{
+	import_cmd c;
+	memset(&c, 0, sizeof(c));
+	c.rid = rid;
+	c.res = *res;
+	if (c.res.n_top > SAMPLER_MAX_TOP_LOGPROBS)
+		c.res.n_top = SAMPLER_MAX_TOP_LOGPROBS;
+	if (c.res.n_top < 0)
+		c.res.n_top = 0;
+	pthread_mutex_lock(&e->mu);
+	bool live = live_has(e, rid);
+	pthread_mutex_unlock(&e->mu);
+	if (!live)
+		return ERR_NOTFOUND;
+	return push_cmd(e, &c);
+}
+
+void engine_import_fail(engine *e, uint64_t rid, const char *message)
+{
+	import_cmd c;
+	memset(&c, 0, sizeof(c));
+	c.rid = rid;
+	c.fail = true;
+	snprintf(c.message, sizeof(c.message), "%s", message ? message : "KV transfer failed");
+	if (push_cmd(e, &c) < 0)
+		LOGE("engine", "out of memory failing rid %llu", (unsigned long long)rid);
 }
 
 void engine_flush_cache(engine *e)

@@ -32,6 +32,32 @@
 
 typedef enum { ENGINE_POLICY_FCFS, ENGINE_POLICY_LPM } engine_policy;
 
+/* Role of a request in prefill/decode disaggregation (src/disagg/). */
+typedef enum {
+	ENGINE_PD_NONE = 0, /* ordinary request */
+	ENGINE_PD_EXPORT,   /* prefill role: KV pages go to cfg.kv_export as they are computed */
+	ENGINE_PD_IMPORT,   /* decode role: pages reserved, KV written by a transfer, then decoded */
+} engine_pd;
+
+typedef struct {
+	uint64_t rid;
+	void *user;
+	const int32_t *pages; /* [n]: the request's pages first..first+n-1, valid during the call;
+	                         each carries one reference for the consumer, who gives it back
+	                         with engine_release_pages() once the data has left */
+	int first, n;
+	int n_prompt;
+	int kv_tokens;        /* K/V valid for positions [0, kv_tokens) once these pages are sent */
+	bool last;            /* the prompt is complete; first_token below is set */
+	bool failed;          /* the request ended before its prompt was complete: no pages, give up */
+	int32_t first_token;  /* sampled on the prefill with the request's sampling params */
+	float logprob;
+	int n_top;
+	sampler_logprob top[SAMPLER_MAX_TOP_LOGPROBS];
+	int cached_tokens;
+	double queue_s, compute_s; /* submit -> first scheduled, first scheduled -> last chunk */
+} engine_kv_export;
+
 typedef struct {
 	const char *model_path;
 	int n_threads;            /* 0 = all cores */
@@ -48,6 +74,15 @@ typedef struct {
 	bool disable_radix_cache;
 	void (*notify)(void *arg); /* "events are waiting"; called from the scheduler thread */
 	void *notify_arg;
+	/* Disaggregation hooks, called on the scheduler thread (must not block). */
+	void (*kv_export)(void *arg, const engine_kv_export *x);
+	/* IMPORT request admitted: its pages are reserved (valid during the call). */
+	void (*kv_import)(void *arg, uint64_t rid, void *user, const int32_t *pages, int n_pages);
+	/* IMPORT request aborted while its KV is in flight: stop writing into its
+	   pages, then call engine_import_fail() (the pages stay reserved till then). */
+	void (*kv_import_cancel)(void *arg, uint64_t rid, void *user);
+	void *pd_arg;
+	bool kv_shared;           /* memfd-backed KV pool (shm transfer backend) */
 } engine_config;
 
 /* Defaults for every field (model_path NULL). */
@@ -85,6 +120,8 @@ typedef struct {
 	const int32_t *stop_ids;  /* [n_stop_ids] extra ids that stop (OpenAI stop_token_ids) */
 	int n_stop_ids;
 	void *user;               /* returned in every event */
+	engine_pd pd;
+	int reserve_tokens;       /* IMPORT: decode room reserved with the prompt's pages */
 } engine_request;
 
 /* Queue a request. 0; ERR_INVAL with a sentence (bad sampling field, token
@@ -117,6 +154,7 @@ int engine_poll(engine *e, engine_event *out, int max);
 
 typedef struct {
 	int running, waiting;
+	int importing;            /* decode role: pages reserved, KV in flight */
 	int pages_total, pages_free, pages_cached; /* cached: held only by the prefix cache */
 	int page_size;
 	int64_t max_total_tokens;
@@ -128,6 +166,31 @@ typedef struct {
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);
+
+/* ---- disaggregation (thread-safe; applied at the scheduler's next step) ---- */
+
+/* Give back references handed out by kv_export. */
+void engine_release_pages(engine *e, const int32_t *pages, int n);
+
+typedef struct {
+	int32_t token;            /* the first generated token, sampled by the prefill */
+	float logprob;
+	int n_top;
+	sampler_logprob top[SAMPLER_MAX_TOP_LOGPROBS];
+	int cached_tokens;        /* prompt tokens the prefill served from its cache */
+} engine_import_result;
+
+/* The KV of IMPORT request rid is in its pages: commit the first token and
+   decode on. 0, or ERR_NOTFOUND when rid is not an importing request. */
+int engine_import_done(engine *e, uint64_t rid, const engine_import_result *res);
+/* The transfer of rid failed (or was cancelled) and nothing writes into its
+   pages any more: finish it (ERROR with message, or ABORT if it was aborted)
+   and free the pages. */
+void engine_import_fail(engine *e, uint64_t rid, const char *message);
+
+/* The pool (layout for transfers; the accessors that read its geometry and
+   kvcache_view are safe from any thread). */
+const struct kvcache *engine_kvcache(const engine *e);
 
 /* Empty the prefix cache (pages held by running requests stay theirs).
    Returns after the scheduler has done it. */

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "engine/engine.h"
+#include "engine/kvcache.h"
 #include "kernels/qtypes.h"
 #include "testutil.h"
 
@@ -419,4 +420,187 @@ Test(engine, create_errors)
 	c.mem_fraction_static = 1e-12;
 	cr_expect_null(engine_create(&c, err));
 	cr_expect(strstr(err, "context length"), "%s", err);
+}
+
+/* ---- disaggregation hooks: an in-process "transfer" between two engines --- */
+
+typedef struct {
+	engine *p, *d;
+	pthread_mutex_t mu;
+	int32_t d_pages[MAXR][256];
+	int d_npages[MAXR];
+	int imported[MAXR];
+	int exports[MAXR];
+	int64_t bytes;
+	int cancelled[MAXR];
+} pd_link;
+
+static pd_link link_;
+
+static void on_import(void *arg, uint64_t rid, void *user, const int32_t *pages, int n)
+{
+	pd_link *l = arg;
+	pthread_mutex_lock(&l->mu);
+	memcpy(l->d_pages[rid], pages, sizeof(int32_t) * (size_t)n);
+	l->d_npages[rid] = n;
+	l->imported[rid] = 1;
+	pthread_mutex_unlock(&l->mu);
+}
+
+static void on_cancel(void *arg, uint64_t rid, void *user)
+{
+	pd_link *l = arg;
+	l->cancelled[rid] = 1;
+	engine_import_fail(l->d, rid, "cancelled");
+}
+
+/* Runs on the prefill's scheduler thread: copy each page, every layer, K and V. */
+static void on_export(void *arg, const engine_kv_export *x)
+{
+	pd_link *l = arg;
+	if (x->failed) {
+		engine_import_fail(l->d, x->rid, "prefill failed");
+		return;
+	}
+	const kvcache *src = engine_kvcache(l->p), *dst = engine_kvcache(l->d);
+	size_t pb = kvcache_page_bytes(src), lb = kvcache_layer_bytes(src), dlb = kvcache_layer_bytes(dst);
+	pthread_mutex_lock(&l->mu);
+	for (int i = 0; i < x->n; i++) {
+		int32_t sp = x->pages[i], dp = l->d_pages[x->rid][x->first + i];
+		cr_assert_lt(x->first + i, l->d_npages[x->rid]);
+		for (int ly = 0; ly < 2 * kvcache_n_layer(src); ly++) {
+			memcpy((char *)kvcache_base(dst) + (size_t)ly * dlb + (size_t)dp * pb,
+			       (char *)kvcache_base(src) + (size_t)ly * lb + (size_t)sp * pb, pb);
+			l->bytes += (int64_t)pb;
+		}
+	}
+	l->exports[x->rid]++;
+	pthread_mutex_unlock(&l->mu);
+	engine_release_pages(l->p, x->pages, x->n);
+	if (x->last) {
+		engine_import_result res = { .token = x->first_token, .logprob = x->logprob,
+					     .cached_tokens = x->cached_tokens };
+		cr_assert_eq(engine_import_done(l->d, x->rid, &res), 0);
+	}
+}
+
+Test(engine_pd, export_import_equals_unified)
+{
+	const char *model = stories();
+	enum { N = 6, GEN = 30 };
+	int32_t prompts[N][200];
+	int lens[N];
+	for (int i = 0; i < N; i++)
+		lens[i] = make_prompt(100 + i, 5 + i * 37, prompts[i]);
+
+	/* unified reference */
+	harness u;
+	engine_config cu = base_config(model);
+	harness_open(&u, &cu);
+	for (int i = 0; i < N; i++)
+		submit(&u, (uint64_t)i, prompts[i], lens[i], GEN);
+	pump(&u, N, NULL);
+
+	/* prefill (export) and decode (import) engines */
+	memset(&link_, 0, sizeof(link_));
+	pthread_mutex_init(&link_.mu, NULL);
+	harness p, d;
+	engine_config cp = base_config(model), cd = base_config(model);
+	cp.kv_export = on_export;
+	cp.pd_arg = &link_;
+	cp.chunked_prefill_size = 48; /* several chunks: pages leave as chunks finish */
+	cd.kv_import = on_import;
+	cd.kv_import_cancel = on_cancel;
+	cd.pd_arg = &link_;
+	cd.kv_shared = true;
+	harness_open(&p, &cp);
+	harness_open(&d, &cd);
+	link_.p = p.e;
+	link_.d = d.e;
+	char err[ERR_LEN];
+	for (int i = 0; i < N; i++) {
+		engine_request r = { .rid = (uint64_t)i, .prompt = prompts[i], .n_prompt = lens[i],
+				     .max_new_tokens = GEN, .pd = ENGINE_PD_IMPORT, .reserve_tokens = 8 };
+		r.sampling = sampler_params_default();
+		r.sampling.temperature = 0;
+		cr_assert_eq(engine_submit(d.e, &r, err), 0, "%s", err);
+	}
+	/* the prefill starts a room only once the decode has reserved its pages */
+	for (int waited = 0; waited < 500; waited++) {
+		int all = 1;
+		pthread_mutex_lock(&link_.mu);
+		for (int i = 0; i < N; i++)
+			all &= link_.imported[i];
+		pthread_mutex_unlock(&link_.mu);
+		if (all)
+			break;
+		struct timespec ts = { 0, 10 * 1000000 };
+		nanosleep(&ts, NULL);
+	}
+	for (int i = 0; i < N; i++) {
+		cr_assert(link_.imported[i], "decode never reserved pages for %d", i);
+		engine_request r = { .rid = (uint64_t)i, .prompt = prompts[i], .n_prompt = lens[i],
+				     .max_new_tokens = 1, .pd = ENGINE_PD_EXPORT };
+		r.sampling = sampler_params_default();
+		r.sampling.temperature = 0;
+		cr_assert_eq(engine_submit(p.e, &r, err), 0, "%s", err);
+	}
+	pump(&p, N, NULL);
+	pump(&d, N, NULL);
+	for (int i = 0; i < N; i++) {
+		cr_expect_eq(p.res[i].n, 1, "prefill answers one token");
+		cr_expect_eq(p.res[i].toks[0], u.res[i].toks[0]);
+		cr_assert_eq(d.res[i].n, u.res[i].n, "rid %d: %d tokens via PD, %d unified", i, d.res[i].n, u.res[i].n);
+		for (int t = 0; t < u.res[i].n; t++)
+			cr_assert_eq(d.res[i].toks[t], u.res[i].toks[t], "rid %d token %d", i, t);
+		cr_expect_geq(link_.exports[i], lens[i] > 48 ? 2 : 1, "rid %d: %d exports", i, link_.exports[i]);
+	}
+	cr_log_info("moved %lld KV bytes", (long long)link_.bytes);
+	assert_stats_idle(p.e);
+	assert_stats_idle(d.e);
+	harness_close(&p);
+	harness_close(&d);
+	harness_close(&u);
+}
+
+Test(engine_pd, import_abort_waits_for_cancel)
+{
+	memset(&link_, 0, sizeof(link_));
+	pthread_mutex_init(&link_.mu, NULL);
+	harness d;
+	engine_config cd = base_config(stories());
+	cd.kv_import = on_import;
+	cd.kv_import_cancel = on_cancel;
+	cd.pd_arg = &link_;
+	harness_open(&d, &cd);
+	link_.d = d.e;
+	int32_t p[40];
+	make_prompt(9, 40, p);
+	engine_request r = { .rid = 0, .prompt = p, .n_prompt = 40, .max_new_tokens = 10, .pd = ENGINE_PD_IMPORT };
+	r.sampling = sampler_params_default();
+	char err[ERR_LEN];
+	cr_assert_eq(engine_submit(d.e, &r, err), 0, "%s", err);
+	for (int i = 0; i < 500 && !link_.imported[0]; i++) {
+		struct timespec ts = { 0, 5 * 1000000 };
+		nanosleep(&ts, NULL);
+	}
+	cr_assert(link_.imported[0]);
+	engine_abort(d.e, 0);
+	pump(&d, 1, NULL);
+	cr_expect(link_.cancelled[0], "the transfer layer was not asked to cancel");
+	cr_expect_eq(d.res[0].finish, ENGINE_FINISH_ABORT);
+	assert_stats_idle(d.e);
+	/* import failure: ERROR with the message */
+	r.rid = 1;
+	cr_assert_eq(engine_submit(d.e, &r, err), 0, "%s", err);
+	for (int i = 0; i < 500 && !link_.imported[1]; i++) {
+		struct timespec ts = { 0, 5 * 1000000 };
+		nanosleep(&ts, NULL);
+	}
+	engine_import_fail(d.e, 1, "prefill 127.0.0.1:8998 disconnected");
+	pump(&d, 2, NULL);
+	cr_expect_eq(d.res[1].finish, ENGINE_FINISH_ERROR);
+	cr_expect(strstr(d.res[1].message, "disconnected"), "%s", d.res[1].message);
+	assert_stats_idle(d.e);
+	harness_close(&d);
 }
