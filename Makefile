@@ -18,11 +18,11 @@ CC      ?= cc
 OPT     ?= -O2
 SAN     ?=
 CFLAGS  ?=
-PKGS    :=
+PKGS    := libevent libevent_pthreads json-c
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
-CPPFLAGS_ALL := -Isrc -D_GNU_SOURCE -DPDSERVE_SRCDIR='"$(CURDIR)"'
+CPPFLAGS_ALL := -Isrc -D_GNU_SOURCE -DPDSERVE_SRCDIR='"$(CURDIR)"' $(shell pkg-config --cflags $(PKGS))
 CFLAGS_ALL := -std=c11 $(OPT) -g $(WARN) -pthread -fno-strict-aliasing $(SAN) $(CFLAGS)
-LDLIBS_ALL := -lm -pthread $(SAN)
+LDLIBS_ALL := $(shell pkg-config --libs $(PKGS)) -lm -pthread $(SAN)
 
 ifneq ($(SAN),)
 CFLAGS_ALL += -fno-omit-frame-pointer

@@ -6,5 +6,6 @@ int cmd_generate(int argc, char **argv);
 int cmd_model(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
+int cmd_server(int argc, char **argv); /* also "launch_server" */
 
 #endif

@@ -18,6 +18,8 @@ static const struct {
 	{ "model", cmd_model, "model info FILE | model synth [OUT]" },
 	{ "tokenize", cmd_tokenize, "print the token ids of a text" },
 	{ "detokenize", cmd_detokenize, "print the text of token ids" },
+	{ "server", cmd_server, "OpenAI-compatible HTTP server (SGLang launch_server flags)" },
+	{ "launch_server", cmd_server, "alias of server" },
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,363 @@
+/* server.c - `pdserve server` (alias `launch_server`): the OpenAI-compatible
+ * HTTP server over one engine. Flags and wiring only.
+ *
+ * Flags use SGLang's launch_server names so SGLang command lines run
+ * unchanged. Flags that mean nothing on this CPU build (--trust-remote-code,
+ * --disable-cuda-graph, --dtype, ...) are accepted and logged as ignored.
+ * Not yet: --tp/--dp > 1 and --disaggregation-mode prefill|decode are
+ * refused with a clear message (exit 2).
+ *
+ * Wiring order: bind the socket first (a taken port fails in milliseconds,
+ * before the model loads), create the engine with the server's wake-up as
+ * its notify callback, attach, serve until SIGINT/SIGTERM, then destroy the
+ * engine (no events after that) and the server.
+ *
+ * KV pool size: --max-total-tokens if given, else --mem-fraction-static
+ * (default 0.5) of (MemAvailable - model weights); see engine.h.
+ *
+ * Exit status: 0 after a clean shutdown, 1 runtime error (model, bind),
+ * 2 usage.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/alloc.h"
+#include "base/log.h"
+#include "cmd/cmd.h"
+#include "cmd/common.h"
+#include "engine/engine.h"
+#include "kernels/kernels.h"
+#include "model/chat_template.h"
+#include "model/gguf.h"
+#include "server/http.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: pdserve server --model-path M [options]   (alias: pdserve launch_server)\n"
+		"  --model-path, --model M        GGUF model (default: $PDSERVE_MODEL, ../shared stories260K, or synthesized)\n"
+		"  --host H                       listen address (default 127.0.0.1)\n"
+		"  --port N                       listen port (default 30000)\n"
+		"  --served-model-name NAME       model name in responses (default: the model path)\n"
+		"  --threads N                    worker threads (default: all cores)\n"
+		"  --context-length N             context length (default: the model's)\n"
+		"  --page-size N                  tokens per KV page (default 16)\n"
+		"  --mem-fraction-static F        KV pool = F x (MemAvailable - weights) (default 0.5)\n"
+		"  --max-total-tokens N           KV pool size in tokens (overrides --mem-fraction-static)\n"
+		"  --max-running-requests N       concurrent running requests (default 64)\n"
+		"  --max-queued-requests N        waiting requests before 503 (default 1024)\n"
+		"  --max-prefill-tokens N         prefill tokens in one step (default 16384)\n"
+		"  --chunked-prefill-size N       prefill chunk per step (default 512)\n"
+		"  --schedule-policy fcfs|lpm     admission order (default fcfs)\n"
+		"  --disable-radix-cache          no prefix cache\n"
+		"  --kv-cache-dtype auto|f16|bf16|f32\n"
+		"  --chat-template NAME|FILE      template family name or a Jinja file (default: from the GGUF)\n"
+		"  --api-key KEY                  require Authorization: Bearer KEY\n"
+		"  --max-body-size BYTES          largest request body (default 33554432); larger gets 413\n"
+		"  --log-level debug|info|warning|error\n"
+		"  --tp N, --dp N                 only 1 for now\n"
+		"  --disaggregation-mode null     prefill/decode: not yet\n"
+		"  accepted and ignored: --trust-remote-code --disable-cuda-graph --dtype --enable-metrics\n"
+		"    --log-requests --skip-server-warmup --random-seed --device --attention-backend\n"
+		"    --sampling-backend --cuda-graph-max-bs --tokenizer-path --tokenizer-mode\n");
+}
+
+typedef struct {
+	const char *model, *host, *served, *chat_template, *api_key, *policy, *disagg, *kv, *log_level;
+	long port, threads, ctx, page, max_total, max_running, max_queued, max_prefill, chunk, tp, dp, body;
+	double mem_frac;
+	int disable_radix;
+} srv_opts;
+
+enum {
+	O_MODEL = 256, O_HOST, O_PORT, O_SERVED, O_THREADS, O_CTX, O_PAGE, O_MEMF, O_MAXTOT, O_MAXRUN, O_MAXQ,
+	O_MAXPRE, O_CHUNK, O_POLICY, O_NORADIX, O_KV, O_TMPL, O_KEY, O_BODY, O_LOG, O_TP, O_DP, O_DISAGG,
+	O_IGN_ARG, O_IGN_FLAG,
+};
+
+static int parse_args(int argc, char **argv, srv_opts *o)
+{
+	static const struct option opts[] = {
+		{ "model-path", required_argument, 0, O_MODEL },
+		{ "model", required_argument, 0, O_MODEL },
+		{ "host", required_argument, 0, O_HOST },
+		{ "port", required_argument, 0, O_PORT },
+		{ "served-model-name", required_argument, 0, O_SERVED },
+		{ "threads", required_argument, 0, O_THREADS },
+		{ "context-length", required_argument, 0, O_CTX },
+		{ "page-size", required_argument, 0, O_PAGE },
+		{ "mem-fraction-static", required_argument, 0, O_MEMF },
+		{ "max-total-tokens", required_argument, 0, O_MAXTOT },
+		{ "max-running-requests", required_argument, 0, O_MAXRUN },
+		{ "max-queued-requests", required_argument, 0, O_MAXQ },
+		{ "max-prefill-tokens", required_argument, 0, O_MAXPRE },
+		{ "chunked-prefill-size", required_argument, 0, O_CHUNK },
+		{ "schedule-policy", required_argument, 0, O_POLICY },
+		{ "disable-radix-cache", no_argument, 0, O_NORADIX },
+		{ "kv-cache-dtype", required_argument, 0, O_KV },
+		{ "chat-template", required_argument, 0, O_TMPL },
+		{ "api-key", required_argument, 0, O_KEY },
+		{ "max-body-size", required_argument, 0, O_BODY },
+		{ "log-level", required_argument, 0, O_LOG },
+		{ "tp", required_argument, 0, O_TP },
+		{ "tp-size", required_argument, 0, O_TP },
+		{ "tensor-parallel-size", required_argument, 0, O_TP },
+		{ "dp", required_argument, 0, O_DP },
+		{ "dp-size", required_argument, 0, O_DP },
+		{ "data-parallel-size", required_argument, 0, O_DP },
+		{ "disaggregation-mode", required_argument, 0, O_DISAGG },
+		/* no meaning here: accepted so SGLang command lines run, logged */
+		{ "dtype", required_argument, 0, O_IGN_ARG },
+		{ "random-seed", required_argument, 0, O_IGN_ARG },
+		{ "device", required_argument, 0, O_IGN_ARG },
+		{ "attention-backend", required_argument, 0, O_IGN_ARG },
+		{ "sampling-backend", required_argument, 0, O_IGN_ARG },
+		{ "cuda-graph-max-bs", required_argument, 0, O_IGN_ARG },
+		{ "tokenizer-path", required_argument, 0, O_IGN_ARG },
+		{ "tokenizer-mode", required_argument, 0, O_IGN_ARG },
+		{ "trust-remote-code", no_argument, 0, O_IGN_FLAG },
+		{ "disable-cuda-graph", no_argument, 0, O_IGN_FLAG },
+		{ "enable-metrics", no_argument, 0, O_IGN_FLAG },
+		{ "log-requests", no_argument, 0, O_IGN_FLAG },
+		{ "skip-server-warmup", no_argument, 0, O_IGN_FLAG },
+		{ "enable-torch-compile", no_argument, 0, O_IGN_FLAG },
+		{ "disable-overlap-schedule", no_argument, 0, O_IGN_FLAG },
+		{ "help", no_argument, 0, 'h' },
+		{ 0, 0, 0, 0 },
+	};
+	int c, idx = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, &idx)) != -1) {
+		const char *bad = NULL;
+		const char *name = opts[idx].name;
+		switch (c) {
+		case O_MODEL: o->model = optarg; break;
+		case O_HOST: o->host = optarg; break;
+		case O_PORT: if (cmd_parse_int(optarg, 0, 65535, &o->port)) bad = "--port"; break;
+		case O_SERVED: o->served = optarg; break;
+		case O_THREADS: if (cmd_parse_int(optarg, 1, 1024, &o->threads)) bad = "--threads"; break;
+		case O_CTX: if (cmd_parse_int(optarg, 1, 1 << 24, &o->ctx)) bad = "--context-length"; break;
+		case O_PAGE: if (cmd_parse_int(optarg, 1, 4096, &o->page)) bad = "--page-size"; break;
+		case O_MEMF: if (cmd_parse_float(optarg, 0.001, 1, &o->mem_frac)) bad = "--mem-fraction-static"; break;
+		case O_MAXTOT: if (cmd_parse_int(optarg, 1, 1L << 40, &o->max_total)) bad = "--max-total-tokens"; break;
+		case O_MAXRUN: if (cmd_parse_int(optarg, 1, 1 << 16, &o->max_running)) bad = "--max-running-requests"; break;
+		case O_MAXQ: if (cmd_parse_int(optarg, 1, 1 << 24, &o->max_queued)) bad = "--max-queued-requests"; break;
+		case O_MAXPRE: if (cmd_parse_int(optarg, 1, 1 << 24, &o->max_prefill)) bad = "--max-prefill-tokens"; break;
+		case O_CHUNK:
+			if (cmd_parse_int(optarg, -1, 1 << 24, &o->chunk) || o->chunk == 0)
+				bad = "--chunked-prefill-size";
+			break;
+		case O_POLICY:
+			if (strcmp(optarg, "fcfs") && strcmp(optarg, "lpm"))
+				bad = "--schedule-policy";
+			o->policy = optarg;
+			break;
+		case O_NORADIX: o->disable_radix = 1; break;
+		case O_KV: if (cmd_kv_dtype(optarg) < 0) bad = "--kv-cache-dtype"; o->kv = optarg; break;
+		case O_TMPL: o->chat_template = optarg; break;
+		case O_KEY: o->api_key = optarg; break;
+		case O_BODY: if (cmd_parse_int(optarg, 1024, 1L << 34, &o->body)) bad = "--max-body-size"; break;
+		case O_LOG:
+			if (log_level_parse(optarg) < 0)
+				bad = "--log-level";
+			else
+				log_set_level(log_level_parse(optarg));
+			o->log_level = optarg;
+			break;
+		case O_TP: if (cmd_parse_int(optarg, 1, 1 << 16, &o->tp)) bad = "--tp"; break;
+		case O_DP: if (cmd_parse_int(optarg, 1, 1 << 16, &o->dp)) bad = "--dp"; break;
+		case O_DISAGG:
+			if (strcmp(optarg, "null") && strcmp(optarg, "prefill") && strcmp(optarg, "decode"))
+				bad = "--disaggregation-mode";
+			o->disagg = optarg;
+			break;
+		case O_IGN_ARG: LOGI("server", "--%s %s: ignored (no meaning in this CPU build)", name, optarg); break;
+		case O_IGN_FLAG: LOGI("server", "--%s: ignored (no meaning in this CPU build)", name); break;
+		case 'h': usage(stdout); return 1;
+		default: usage(stderr); return 2;
+		}
+		if (bad) {
+			fprintf(stderr, "pdserve server: bad value for %s: '%s'\n", bad, optarg);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "pdserve server: unexpected argument '%s'\n", argv[optind]);
+		return 2;
+	}
+	if (o->tp > 1 || o->dp > 1) {
+		fprintf(stderr, "pdserve server: --tp/--dp > 1 is not supported yet (one engine per process for now)\n");
+		return 2;
+	}
+	if (strcmp(o->disagg, "null")) {
+		fprintf(stderr, "pdserve server: --disaggregation-mode %s is not supported yet; only 'null' (unified) "
+				"works for now\n", o->disagg);
+		return 2;
+	}
+	return 0;
+}
+
+/* The chat template family: --chat-template (a name, else a Jinja file),
+   else the GGUF's tokenizer.chat_template; unknown -> ChatML with a warning. */
+static int chat_family(const char *flag, const char *model_path, chat_tmpl_family *out)
+{
+	bool known = true;
+	if (flag) {
+		if (chat_template_from_name(flag, out) == 0) {
+			LOGI("server", "chat template: %s (--chat-template)", chat_template_name(*out));
+			return 0;
+		}
+		FILE *f = fopen(flag, "rb");
+		if (!f) {
+			fprintf(stderr, "pdserve server: --chat-template %s: neither a template name nor a readable file\n",
+				flag);
+			return -1;
+		}
+		char *text = alloc_bytes(1 << 20);
+		size_t n = text ? fread(text, 1, 1 << 20, f) : 0;
+		fclose(f);
+		*out = chat_template_detect(text, n, &known);
+		alloc_free(text);
+		if (!known)
+			LOGW("server", "--chat-template %s: not a template family we render; falling back to ChatML", flag);
+		else
+			LOGI("server", "chat template: %s (from %s)", chat_template_name(*out), flag);
+		return 0;
+	}
+	char err[ERR_LEN];
+	gguf *g = gguf_open(model_path, err);
+	gguf_str t = { NULL, 0 };
+	if (g)
+		gguf_get_str(g, "tokenizer.chat_template", &t, NULL);
+	*out = chat_template_detect(t.p, t.p ? (size_t)t.n : 0, &known);
+	if (!known)
+		LOGW("server", "%s: %s; falling back to ChatML for /v1/chat/completions", model_path,
+		     t.p ? "tokenizer.chat_template is not a family we render" : "no tokenizer.chat_template");
+	else
+		LOGI("server", "chat template: %s (detected from the GGUF)", chat_template_name(*out));
+	gguf_close(g);
+	return 0;
+}
+
+int cmd_server(int argc, char **argv)
+{
+	srv_opts o = { .host = "127.0.0.1", .port = 30000, .policy = "fcfs", .disagg = "null", .kv = "auto",
+		       .log_level = "info", .tp = 1, .dp = 1, .body = 32L << 20 };
+	int rc = parse_args(argc, argv, &o);
+	if (rc)
+		return rc == 1 ? 0 : rc;
+
+	char err[ERR_LEN], path[4096];
+	if (cmd_model_path(o.model, path, sizeof(path), err) < 0) {
+		fprintf(stderr, "pdserve server: %s\n", err);
+		return 1;
+	}
+	chat_tmpl_family fam;
+	if (chat_family(o.chat_template, path, &fam) < 0)
+		return 2;
+
+	/* what /get_server_info shows (the API key is never echoed) */
+	char port_s[16], ctx_s[16], page_s[16], memf_s[32], tot_s[24], run_s[16], pre_s[16], chunk_s[16], thr_s[16],
+		body_s[24], q_s[16];
+	snprintf(port_s, sizeof(port_s), "%ld", o.port);
+	snprintf(ctx_s, sizeof(ctx_s), "%ld", o.ctx);
+	snprintf(page_s, sizeof(page_s), "%ld", o.page ? o.page : 16);
+	snprintf(memf_s, sizeof(memf_s), "%g", o.mem_frac ? o.mem_frac : 0.5);
+	snprintf(tot_s, sizeof(tot_s), "%ld", o.max_total);
+	snprintf(run_s, sizeof(run_s), "%ld", o.max_running ? o.max_running : 64);
+	snprintf(pre_s, sizeof(pre_s), "%ld", o.max_prefill ? o.max_prefill : 16384);
+	snprintf(chunk_s, sizeof(chunk_s), "%ld", o.chunk ? o.chunk : 512);
+	snprintf(thr_s, sizeof(thr_s), "%ld", o.threads);
+	snprintf(body_s, sizeof(body_s), "%ld", o.body);
+	snprintf(q_s, sizeof(q_s), "%ld", o.max_queued ? o.max_queued : 1024);
+	const char *served = o.served ? o.served : path;
+	http_arg args[] = {
+		{ "model_path", path, false },
+		{ "served_model_name", served, false },
+		{ "host", o.host, false },
+		{ "port", port_s, true },
+		{ "context_length", o.ctx ? ctx_s : "null", true },
+		{ "page_size", page_s, true },
+		{ "mem_fraction_static", memf_s, true },
+		{ "max_total_tokens", o.max_total ? tot_s : "null", true },
+		{ "max_running_requests", run_s, true },
+		{ "max_queued_requests", q_s, true },
+		{ "max_prefill_tokens", pre_s, true },
+		{ "chunked_prefill_size", chunk_s, true },
+		{ "schedule_policy", o.policy, false },
+		{ "disable_radix_cache", o.disable_radix ? "true" : "false", true },
+		{ "kv_cache_dtype", o.kv, false },
+		{ "chat_template", chat_template_name(fam), false },
+		{ "api_key_set", o.api_key && *o.api_key ? "true" : "false", true },
+		{ "max_body_size", body_s, true },
+		{ "log_level", o.log_level, false },
+		{ "threads", o.threads ? thr_s : "null", true },
+		{ "tp_size", "1", true },
+		{ "dp_size", "1", true },
+		{ "disaggregation_mode", o.disagg, false },
+	};
+	http_config hc = {
+		.host = o.host,
+		.port = (int)o.port,
+		.served_model_name = served,
+		.model_path = path,
+		.api_key = o.api_key,
+		.max_body_size = (size_t)o.body,
+		.chat_family = fam,
+		.args = args,
+		.n_args = (int)(sizeof(args) / sizeof(args[0])),
+	};
+	http_server *s = http_server_create(&hc, err);
+	if (!s) {
+		fprintf(stderr, "pdserve server: %s\n", err);
+		return 1;
+	}
+
+	kern_init();
+	engine_config ec = engine_config_default();
+	ec.model_path = path;
+	ec.n_threads = (int)o.threads;
+	ec.kv_dtype = cmd_kv_dtype(o.kv);
+	if (o.page)
+		ec.page_size = (int)o.page;
+	ec.context_length = (int)o.ctx;
+	ec.max_total_tokens = o.max_total;
+	if (o.mem_frac)
+		ec.mem_fraction_static = o.mem_frac;
+	if (o.max_running)
+		ec.max_running = (int)o.max_running;
+	if (o.max_queued)
+		ec.max_queued = (int)o.max_queued;
+	if (o.max_prefill)
+		ec.max_prefill_tokens = (int)o.max_prefill;
+	if (o.chunk > 0)
+		ec.chunked_prefill_size = (int)o.chunk;
+	else if (o.chunk < 0) /* SGLang: -1 disables chunking; here a chunk as large as a step allows */
+		ec.chunked_prefill_size = ec.max_prefill_tokens;
+	ec.policy = !strcmp(o.policy, "lpm") ? ENGINE_POLICY_LPM : ENGINE_POLICY_FCFS;
+	ec.disable_radix_cache = o.disable_radix;
+	ec.notify = http_server_notify;
+	ec.notify_arg = s;
+	engine *e = engine_create(&ec, err);
+	if (!e) {
+		fprintf(stderr, "pdserve server: %s\n", err);
+		http_server_destroy(s);
+		return 1;
+	}
+	http_server_attach(s, e);
+	engine_stats st;
+	engine_get_stats(e, &st);
+	LOGI("server", "%s: context %d, KV pool %lld tokens (%d pages of %d, %.1f MiB)", path,
+	     engine_context_length(e), (long long)st.max_total_tokens, st.pages_total, st.page_size,
+	     (double)st.kv_bytes / (1 << 20));
+	/* one line on stdout that scripts can wait for */
+	printf("pdserve server ready on http://%s:%d\n", o.host, http_server_port(s));
+	fflush(stdout);
+	rc = http_server_run(s);
+	engine_destroy(e);
+	http_server_destroy(s);
+	LOGI("server", "stopped");
+	return rc < 0 ? 1 : 0;
+}
