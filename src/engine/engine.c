@@ -88,13 +88,16 @@ typedef struct req {
 	int n_exported;       /* EXPORT: pages handed to kv_export so far */
 	bool abort_requested; /* IMPORT: aborted while importing; waiting for import_fail/done */
 	bool export_closed;   /* EXPORT: the last (or failed) export was handed out */
+	bool dest_ready;      /* EXPORT: may be scheduled (its destination is known) */
 	double t_submit, t_sched;
 } req;
 
 /* A command for the scheduler from another thread (disaggregation). */
+typedef enum { CMD_IMPORT_DONE, CMD_IMPORT_FAIL, CMD_EXPORT_READY, CMD_FAIL } cmd_kind;
+
 typedef struct {
 	uint64_t rid;
-	bool fail;                 /* import_fail, else import_done */
+	cmd_kind kind;
 	engine_import_result res;
 	char message[128];
 } import_cmd;
@@ -496,9 +499,38 @@ static void remove_importing(engine *e, req *r)
 
 static engine_finish check_stop(engine *e, const req *r, int32_t tok);
 
+/* export_ready / fail: find rid wherever it is. */
+static void apply_other(engine *e, const import_cmd *c)
+{
+	req *prev = NULL;
+	for (req *r = e->wait_head; r; prev = r, r = r->next)
+		if (r->rid == c->rid) {
+			if (c->kind == CMD_EXPORT_READY) {
+				r->dest_ready = true;
+			} else {
+				unlink_waiting(e, r, prev);
+				finish(e, r, ENGINE_FINISH_ERROR, -1, NULL, c->message);
+			}
+			return;
+		}
+	if (c->kind != CMD_FAIL)
+		return;
+	for (int i = 0; i < e->n_running; i++)
+		if (e->running[i]->rid == c->rid) {
+			req *r = e->running[i];
+			remove_running(e, r);
+			finish(e, r, ENGINE_FINISH_ERROR, -1, NULL, c->message);
+			return;
+		}
+}
+
 /* import_done / import_fail from the disaggregation layer. */
 static void apply_import(engine *e, const import_cmd *c)
 {
+	if (c->kind == CMD_EXPORT_READY || c->kind == CMD_FAIL) {
+		apply_other(e, c);
+		return;
+	}
 	req *r = NULL;
 	for (int i = 0; i < e->n_importing; i++)
 		if (e->importing[i]->rid == c->rid)
@@ -506,7 +538,7 @@ static void apply_import(engine *e, const import_cmd *c)
 	if (!r)
 		return; /* finished meanwhile (e.g. aborted without a cancel hook) */
 	remove_importing(e, r);
-	if (c->fail || r->abort_requested) {
+	if (c->kind == CMD_IMPORT_FAIL || r->abort_requested) {
 		bool ab = r->abort_requested;
 		finish(e, r, ab ? ENGINE_FINISH_ABORT : ENGINE_FINISH_ERROR, -1, NULL, ab ? "aborted" : c->message);
 		return;
@@ -694,13 +726,21 @@ static int max_match_pages(engine *e, const req *r)
 static req *pick_waiting(engine *e, req **prev_out)
 {
 	if (e->cfg.policy == ENGINE_POLICY_FCFS || e->cfg.disable_radix_cache) {
+		req *prev = NULL;
+		for (req *r = e->wait_head; r; prev = r, r = r->next)
+			if (r->dest_ready) {
+				*prev_out = prev;
+				return r;
+			}
 		*prev_out = NULL;
-		return e->wait_head;
+		return NULL;
 	}
 	req *best = NULL, *best_prev = NULL, *prev = NULL;
 	int best_len = -1;
 	int scanned = 0;
 	for (req *r = e->wait_head; r && scanned < 128; prev = r, r = r->next, scanned++) {
+		if (!r->dest_ready)
+			continue;
 		int len = radix_match_len(e->rc, r->tokens, r->n_tokens, max_match_pages(e, r));
 		if (len > best_len) {
 			best = r;
@@ -1268,6 +1308,7 @@ int engine_submit(engine *e, const engine_request *in, char err[ERR_LEN])
 	r->ignore_eos = in->ignore_eos;
 	r->sp = in->sampling;
 	r->pd = in->pd;
+	r->dest_ready = in->pd != ENGINE_PD_EXPORT;
 	r->reserve = in->reserve_tokens > 0 ? in->reserve_tokens : 0;
 	r->t_submit = clock_now_s();
 	r->cap_tokens = in->n_prompt + (in->max_new_tokens < 64 ? in->max_new_tokens : 64) + 1;
@@ -1411,6 +1452,7 @@ int engine_import_done(engine *e, uint64_t rid, const engine_import_result *res)
 	import_cmd c;
 	memset(&c, 0, sizeof(c));
 	c.rid = rid;
+	c.kind = CMD_IMPORT_DONE;
 	c.res = *res;
 	if (c.res.n_top > SAMPLER_MAX_TOP_LOGPROBS)
 		c.res.n_top = SAMPLER_MAX_TOP_LOGPROBS;
@@ -1429,8 +1471,29 @@ void engine_import_fail(engine *e, uint64_t rid, const char *message)
 	import_cmd c;
 	memset(&c, 0, sizeof(c));
 	c.rid = rid;
-	c.fail = true;
+	c.kind = CMD_IMPORT_FAIL;
 	snprintf(c.message, sizeof(c.message), "%s", message ? message : "KV transfer failed");
+	if (push_cmd(e, &c) < 0)
+		LOGE("engine", "out of memory failing rid %llu", (unsigned long long)rid);
+}
+
+void engine_export_ready(engine *e, uint64_t rid)
+{
+	import_cmd c;
+	memset(&c, 0, sizeof(c));
+	c.rid = rid;
+	c.kind = CMD_EXPORT_READY;
+	if (push_cmd(e, &c) < 0)
+		LOGE("engine", "out of memory starting rid %llu", (unsigned long long)rid);
+}
+
+void engine_fail(engine *e, uint64_t rid, const char *message)
+{
+	import_cmd c;
+	memset(&c, 0, sizeof(c));
+	c.rid = rid;
+	c.kind = CMD_FAIL;
+	snprintf(c.message, sizeof(c.message), "%s", message ? message : "failed");
 	if (push_cmd(e, &c) < 0)
 		LOGE("engine", "out of memory failing rid %llu", (unsigned long long)rid);
 }

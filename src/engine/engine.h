@@ -169,6 +169,13 @@ void engine_get_stats(engine *e, engine_stats *out);
 
 /* ---- disaggregation (thread-safe; applied at the scheduler's next step) ---- */
 
+/* EXPORT requests wait in the queue until their destination is known (the
+   decode has reserved pages): then the transfer layer calls this. */
+void engine_export_ready(engine *e, uint64_t rid);
+/* Finish a live request with ENGINE_FINISH_ERROR and message (a peer died,
+   a timeout): its pages are freed (IMPORT requests: use engine_import_fail). */
+void engine_fail(engine *e, uint64_t rid, const char *message);
+
 /* Give back references handed out by kv_export. */
 void engine_release_pages(engine *e, const int32_t *pages, int n);
 

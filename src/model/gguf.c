@@ -54,6 +54,7 @@ struct gguf {
 	int mapped;
 	uint32_t version;
 	size_t alignment;
+	size_t header_bytes; /* magic .. end of the tensor table */
 	int64_t n_kv;
 	kv_entry *kvs;
 	int64_t n_tensors;
@@ -418,6 +419,7 @@ static int parse(gguf *g, char *err)
 	}
 
 	size_t header = g->size - c.left;
+	g->header_bytes = header;
 	size_t data_start = (header + g->alignment - 1) / g->alignment * g->alignment;
 	if (g->n_tensors > 0 && data_start > g->size)
 		return err_set(err, ERR_FORMAT, "data section starts past end of file (%zu > %zu)", data_start,
@@ -529,6 +531,12 @@ const gguf_tensor *gguf_find_tensor(const gguf *g, const char *name)
 {
 	int64_t i = hash_find(g->t_hash, g->t_hash_n, name, tensor_name_of, g);
 	return i < 0 ? NULL : &g->tensors[i];
+}
+
+uint64_t gguf_fingerprint(const gguf *g)
+{
+	uint64_t h = hash_bytes((const char *)g->base, g->header_bytes);
+	return (h ^ (uint64_t)g->size) * 1099511628211ull;
 }
 
 int64_t gguf_tensor_nelements(const gguf_tensor *t)

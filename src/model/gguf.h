@@ -115,4 +115,8 @@ int64_t gguf_tensor_nelements(const gguf_tensor *t);
 
 const char *gguf_vtype_name(int vtype);
 
+/* FNV-1a 64 of the header (metadata and tensor table) and the file size:
+   equal for the same file, different for another model or quantization. */
+uint64_t gguf_fingerprint(const gguf *g);
+
 #endif

@@ -544,6 +544,7 @@ Test(engine_pd, export_import_equals_unified)
 		r.sampling = sampler_params_default();
 		r.sampling.temperature = 0;
 		cr_assert_eq(engine_submit(p.e, &r, err), 0, "%s", err);
+		engine_export_ready(p.e, (uint64_t)i);
 	}
 	pump(&p, N, NULL);
 	pump(&d, N, NULL);
