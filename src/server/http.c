@@ -876,6 +876,14 @@ static json_object *detok_one(http_server *s, json_object *list, bool skip_speci
 		}
 		ids[i] = (int32_t)x;
 	}
+	/* skip_special_tokens as Hugging Face means it: control tokens (BOS,
+	   EOS, <|im_end|>, ...) leave the list before decoding, so SPM's first
+	   piece loses its dummy-prefix space as in HF's decode */
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		if (!skip_special || !(tokenizer_token_attr(s->model.tok, ids[i]) & TOKENIZER_ATTR_CONTROL))
+			ids[k++] = ids[i];
+	n = k;
 	char *text = NULL, err[ERR_LEN] = "";
 	size_t len = 0;
 	int rc = tokenizer_decode(s->model.tok, ids, n, skip_special ? 0 : TOKENIZER_DECODE_SPECIAL, &text, &len, err);
@@ -887,7 +895,7 @@ static json_object *detok_one(http_server *s, json_object *list, bool skip_speci
 	char *clean = alloc_bytes(3 * len + 1);
 	json_object *out = NULL;
 	if (clean) {
-		size_t k = openai_utf8_sanitize(text, len, clean);
+		k = openai_utf8_sanitize(text, len, clean);
 		out = json_object_new_string_len(clean, (int)k);
 	} else {
 		openai_error_set(e, 500, NULL, "out of memory");
@@ -1054,7 +1062,7 @@ static const struct {
 	const char *path;
 	route_id id;
 	bool post;       /* POST (else GET/HEAD) */
-	bool engine;     /* needs the engine */
+	bool engine;     /* needs the engine (or its tokenizer) */
 	bool open;       /* no API key needed */
 } ROUTES[] = {
 	{ "/v1/completions", R_COMPLETIONS, true, true, false },
@@ -1066,11 +1074,11 @@ static const struct {
 	{ "/get_model_info", R_MODEL_INFO, false, false, false },
 	{ "/get_server_info", R_SERVER_INFO, false, false, false },
 	{ "/flush_cache", R_FLUSH, true, true, false },
-	{ "/tokenize", R_TOKENIZE, true, false, false },
-	{ "/v1/tokenize", R_TOKENIZE, true, false, false },
-	{ "/detokenize", R_DETOKENIZE, true, false, false },
-	{ "/v1/detokenize", R_DETOKENIZE, true, false, false },
-	{ "/apply-template", R_TEMPLATE, true, false, false },
+	{ "/tokenize", R_TOKENIZE, true, true, false },
+	{ "/v1/tokenize", R_TOKENIZE, true, true, false },
+	{ "/detokenize", R_DETOKENIZE, true, true, false },
+	{ "/v1/detokenize", R_DETOKENIZE, true, true, false },
+	{ "/apply-template", R_TEMPLATE, true, true, false },
 	{ "/abort_request", R_ABORT, true, true, false },
 	{ "/metrics", R_METRICS, false, false, true },
 };
@@ -1171,10 +1179,18 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 /* ---------------------------------------------------------------- life cycle */
 
+/* libevent's own warnings go through our log, one line each. */
+static void evlog(int severity, const char *msg)
+{
+	log_msg(severity >= EVENT_LOG_ERR ? LOG_ERROR : severity == EVENT_LOG_WARN ? LOG_WARN : LOG_DEBUG, "libevent",
+		"%s", msg);
+}
+
 static pthread_once_t evthread_once = PTHREAD_ONCE_INIT;
 static int evthread_rc;
 static void evthread_init(void)
 {
+	event_set_log_callback(evlog);
 	evthread_rc = evthread_use_pthreads();
 }
 

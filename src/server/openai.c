@@ -888,8 +888,10 @@ int openai_prompt_ids(const openai_request *r, int k, const openai_model *m, int
 	const char *param = r->api == OPENAI_API_CHAT ? "messages" :
 			    r->api == OPENAI_API_GENERATE ? (r->prompts[0].text ? "text" : "input_ids") :
 							    "prompt";
-	if (r->api != OPENAI_API_CHAT && r->prompts[k].ids) {
+	if (r->api != OPENAI_API_CHAT && !r->prompts[k].text) {
 		const openai_prompt *p = &r->prompts[k];
+		if (p->n_ids == 0)
+			return openai_error_set(e, 400, param, "%s: the prompt is empty", param);
 		for (int i = 0; i < p->n_ids; i++)
 			if (p->ids[i] >= m->n_vocab)
 				return openai_error_set(e, 400, param, "%s[%d]: token %d is outside the vocabulary (%d tokens)",
