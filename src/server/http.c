@@ -194,13 +194,16 @@ static void reply_json(http_server *s, struct evhttp_request *req, const char *r
 	reply(s, req, route, status, "application/json", body, len);
 }
 
-/* Reply with an OpenAI error object, logged once here. */
-static void reply_error(http_server *s, struct evhttp_request *req, const char *route, const openai_error *e)
+/* Reply with an OpenAI error object; logged here unless the caller already
+   did (every error is logged exactly once). */
+static void reply_error_as(http_server *s, struct evhttp_request *req, const char *route, const openai_error *e,
+			   bool log)
 {
 	size_t len = 0;
 	char *body = openai_error_json(e, &len);
-	log_msg(e->status >= 500 ? LOG_ERROR : LOG_WARN, "http", "%s %s: %d %s",
-		method_name(evhttp_request_get_command(req)), route, e->status, e->message);
+	if (log)
+		log_msg(e->status >= 500 ? LOG_ERROR : LOG_WARN, "http", "%s %s: %d %s",
+			method_name(evhttp_request_get_command(req)), route, e->status, e->message);
 	if (e->status == 405)
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
 				  !strcmp(e->param, "GET") ? "GET, HEAD" : "POST");
@@ -211,6 +214,11 @@ static void reply_error(http_server *s, struct evhttp_request *req, const char *
 	else
 		reply(s, req, route, 500, "text/plain", "out of memory\n", 14);
 	alloc_free(body);
+}
+
+static void reply_error(http_server *s, struct evhttp_request *req, const char *route, const openai_error *e)
+{
+	reply_error_as(s, req, route, e, true);
 }
 
 static void reply_jobj(http_server *s, struct evhttp_request *req, const char *route, json_object *o)
@@ -355,9 +363,8 @@ static void reply_done(call *c)
 		}
 		for (int i = 0; i < c->n; i++)
 			if (c->ch[i].finish == OPENAI_FINISH_ERROR) {
-				openai_error e;
+				openai_error e; /* logged when its event came (on_event) */
 				openai_error_set(&e, 500, NULL, "%s", c->ch[i].message);
-				LOGE("http", "%s %s: %s", c->route, c->id, e.message);
 				size_t len;
 				char *chunk = openai_render_error_chunk(&e, &len);
 				stream_write(s, req, chunk, len);
@@ -377,9 +384,9 @@ static void reply_done(call *c)
 	}
 	for (int i = 0; i < c->n; i++)
 		if (c->ch[i].finish == OPENAI_FINISH_ERROR) {
-			openai_error e;
+			openai_error e; /* logged when its event came (on_event) */
 			openai_error_set(&e, 500, NULL, "%s", c->ch[i].message);
-			reply_error(s, req, c->route, &e);
+			reply_error_as(s, req, c->route, &e, false);
 			return;
 		}
 	size_t len;
@@ -486,6 +493,7 @@ static void on_event(http_server *s, const engine_event *ev)
 		if (rc == 1 && u->live) {
 			engine_abort(s->eng, u->rid); /* a stop string ended it; the rest is not wanted */
 		} else if (rc < 0) {
+			LOGE("http", "%s %s: out of memory assembling the output", c->route, c->id);
 			snprintf(ch->message, sizeof(ch->message), "out of memory assembling the output");
 			ch->finish = OPENAI_FINISH_ERROR;
 			abort_live(c);
