@@ -515,6 +515,14 @@ static void apply_other(engine *e, const import_cmd *c)
 		}
 	if (c->kind != CMD_FAIL)
 		return;
+	for (int i = 0; i < e->n_importing; i++)
+		if (e->importing[i]->rid == c->rid) {
+			/* only called before any transfer was set up for it */
+			req *r = e->importing[i];
+			remove_importing(e, r);
+			finish(e, r, ENGINE_FINISH_ERROR, -1, NULL, c->message);
+			return;
+		}
 	for (int i = 0; i < e->n_running; i++)
 		if (e->running[i]->rid == c->rid) {
 			req *r = e->running[i];
@@ -625,7 +633,20 @@ static void drain_inbox(engine *e)
 	int n_ab = 0;
 	pthread_mutex_unlock(&e->mu);
 
-	/* pages whose export references came back, and import commands */
+	while (in) {
+		req *r = in;
+		in = in->next;
+		r->next = NULL;
+		if (e->wait_tail)
+			e->wait_tail->next = r;
+		else
+			e->wait_head = r;
+		e->wait_tail = r;
+		e->n_waiting++;
+	}
+
+	/* pages whose export references came back, and disaggregation commands:
+	   after the inbox, so a command always finds a request submitted before it */
 	pthread_mutex_lock(&e->mu);
 	int32_t *rel = e->to_release;
 	int n_rel = e->n_release;
@@ -642,18 +663,6 @@ static void drain_inbox(engine *e)
 	for (int i = 0; i < n_cmds; i++)
 		apply_import(e, &cmds[i]);
 	alloc_free(cmds);
-
-	while (in) {
-		req *r = in;
-		in = in->next;
-		r->next = NULL;
-		if (e->wait_tail)
-			e->wait_tail->next = r;
-		else
-			e->wait_head = r;
-		e->wait_tail = r;
-		e->n_waiting++;
-	}
 
 	/* aborts, in batches of 64 so the lock is never held while finishing */
 	for (;;) {

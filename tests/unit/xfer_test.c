@@ -1,0 +1,459 @@
+/* xfer_test.c - the KV transfer layer between two engines in one process,
+ * over real sockets on 127.0.0.1 (tcp) and a memfd + unix socket (shm):
+ * PD output equals unified output; failures fail exactly their rooms and
+ * give every page back; handshake mismatches are named.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "disagg/kvwire.h"
+#include "disagg/xfer.h"
+#include "engine/engine.h"
+#include "kernels/qtypes.h"
+#include "testutil.h"
+
+#define MAXR 32
+#define MAXT 256
+
+typedef struct {
+	int32_t toks[MAXT];
+	int n;
+	engine_finish finish;
+	int done;
+	char message[128];
+} result;
+
+typedef struct {
+	engine *e;
+	xfer *x;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int woken;
+	result res[MAXR];
+} node;
+
+static void wake(void *arg)
+{
+	node *n = arg;
+	pthread_mutex_lock(&n->mu);
+	n->woken = 1;
+	pthread_cond_signal(&n->cv);
+	pthread_mutex_unlock(&n->mu);
+}
+
+static const char *stories(void)
+{
+	const char *p = test_shared("models/stories260K.gguf");
+	if (!p)
+		cr_skip_test("../shared/models/stories260K.gguf not present");
+	return p;
+}
+
+typedef struct {
+	xfer_role role; /* or -1: unified */
+	xfer_backend backend;
+	int page_size;
+	int kv_dtype;
+	double hb;
+	int bootstrap_port;
+} node_opts;
+
+static void node_open(node *n, const char *model, const node_opts *o)
+{
+	char err[ERR_LEN];
+	memset(n, 0, sizeof(*n));
+	pthread_mutex_init(&n->mu, NULL);
+	pthread_cond_init(&n->cv, NULL);
+	engine_config c = engine_config_default();
+	c.model_path = model;
+	c.n_threads = 1;
+	c.max_total_tokens = 4096;
+	c.kv_dtype = o->kv_dtype ? o->kv_dtype : QTYPE_F32;
+	c.page_size = o->page_size ? o->page_size : 16;
+	c.chunked_prefill_size = 32;
+	c.notify = wake;
+	c.notify_arg = n;
+	if ((int)o->role >= 0) {
+		xfer_config xc = { .role = o->role, .backend = o->backend, .host = "127.0.0.1",
+				   .bootstrap_port = o->bootstrap_port, .heartbeat_interval = o->hb ? o->hb : 0.2,
+				   .heartbeat_max_failure = 2, .bootstrap_timeout = 5, .waiting_timeout = 5 };
+		n->x = xfer_create(&xc, err);
+		cr_assert(n->x, "xfer_create: %s", err);
+		c.pd_arg = n->x;
+		c.kv_export = xfer_on_export;
+		c.kv_import = xfer_on_import;
+		c.kv_import_cancel = xfer_on_import_cancel;
+		c.kv_shared = o->backend == XFER_SHM && o->role == XFER_DECODE;
+	}
+	n->e = engine_create(&c, err);
+	cr_assert(n->e, "engine_create: %s", err);
+	if (n->x)
+		xfer_attach(n->x, n->e);
+}
+
+static void node_close(node *n)
+{
+	engine_destroy(n->e);
+	xfer_destroy(n->x);
+}
+
+static void pump(node *n, int want, double seconds)
+{
+	double deadline = (double)time(NULL) + seconds;
+	int done = 0;
+	for (int i = 0; i < MAXR; i++)
+		done += n->res[i].done;
+	while (done < want) {
+		engine_event ev[32];
+		int k = engine_poll(n->e, ev, 32);
+		for (int i = 0; i < k; i++) {
+			result *r = &n->res[ev[i].rid % MAXR];
+			if (ev[i].token >= 0 && r->n < MAXT)
+				r->toks[r->n++] = ev[i].token;
+			if (ev[i].finish) {
+				r->finish = ev[i].finish;
+				snprintf(r->message, sizeof(r->message), "%s", ev[i].message);
+				r->done = 1;
+				done++;
+			}
+		}
+		if (!k) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 20000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_mutex_lock(&n->mu);
+			if (!n->woken)
+				pthread_cond_timedwait(&n->cv, &n->mu, &ts);
+			n->woken = 0;
+			pthread_mutex_unlock(&n->mu);
+		}
+		cr_assert((double)time(NULL) < deadline, "timed out: %d of %d done", done, want);
+	}
+}
+
+static engine_request req(uint64_t rid, const int32_t *p, int n, int max_new)
+{
+	engine_request r = { .rid = rid, .prompt = p, .n_prompt = n, .max_new_tokens = max_new };
+	r.sampling = sampler_params_default();
+	r.sampling.temperature = 0;
+	return r;
+}
+
+static int make_prompt(int seed, int len, int32_t *out)
+{
+	out[0] = 1;
+	uint32_t v = (uint32_t)seed * 2654435761u + 7u;
+	for (int i = 1; i < len; i++) {
+		v = v * 1103515245u + 12345u;
+		out[i] = 259 + (int32_t)((v >> 8) % 250);
+	}
+	return len;
+}
+
+/* Submit room rid on decode (IMPORT) and prefill (EXPORT). */
+static void pd_submit(node *p, node *d, uint64_t rid, uint64_t room, const int32_t *prompt, int n, int max_new)
+{
+	char err[ERR_LEN];
+	engine_request rd = req(rid, prompt, n, max_new);
+	rd.pd = ENGINE_PD_IMPORT;
+	rd.reserve_tokens = 16;
+	cr_assert_eq(xfer_decode_add(d->x, room, rid, "127.0.0.1", xfer_bootstrap_port(p->x), n, err), 0, "%s", err);
+	cr_assert_eq(engine_submit(d->e, &rd, err), 0, "%s", err);
+	engine_request rp = req(rid, prompt, n, 1);
+	rp.pd = ENGINE_PD_EXPORT;
+	/* prefill: submit first (it waits for its destination), then register */
+	cr_assert_eq(engine_submit(p->e, &rp, err), 0, "%s", err);
+	cr_assert_eq(xfer_prefill_add(p->x, room, rid, n, err), 0, "%s", err);
+}
+
+static void assert_pages_back(node *n)
+{
+	engine_stats s;
+	for (int i = 0; i < 200; i++) {
+		engine_get_stats(n->e, &s);
+		if (s.running == 0 && s.waiting == 0 && s.importing == 0 && s.pages_free + s.pages_cached == s.pages_total)
+			return;
+		struct timespec ts = { 0, 10000000 };
+		nanosleep(&ts, NULL);
+	}
+	cr_assert_fail("pages not back: free %d cached %d total %d, running %d waiting %d importing %d",
+		       s.pages_free, s.pages_cached, s.pages_total, s.running, s.waiting, s.importing);
+}
+
+static void pd_equals_unified(xfer_backend backend)
+{
+	const char *model = stories();
+	enum { N = 8, GEN = 24 };
+	static int32_t prompts[N][160];
+	int lens[N];
+	for (int i = 0; i < N; i++)
+		lens[i] = make_prompt(i, 3 + i * 19, prompts[i]);
+	node u, p, d;
+	node_opts ou = { .role = (xfer_role)-1 };
+	node_open(&u, model, &ou);
+	char err[ERR_LEN];
+	for (int i = 0; i < N; i++) {
+		engine_request r = req((uint64_t)i, prompts[i], lens[i], GEN);
+		cr_assert_eq(engine_submit(u.e, &r, err), 0, "%s", err);
+	}
+	pump(&u, N, 60);
+
+	node_opts op = { .role = XFER_PREFILL, .backend = backend }, od = { .role = XFER_DECODE, .backend = backend };
+	node_open(&p, model, &op);
+	node_open(&d, model, &od);
+	for (int i = 0; i < N; i++)
+		pd_submit(&p, &d, (uint64_t)i, 1000 + (uint64_t)i, prompts[i], lens[i], GEN);
+	pump(&d, N, 60);
+	pump(&p, N, 10);
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(d.res[i].finish, u.res[i].finish, "rid %d: finish %d vs %d (%s)", i, d.res[i].finish,
+			     u.res[i].finish, d.res[i].message);
+		cr_assert_eq(d.res[i].n, u.res[i].n, "rid %d: %d tokens vs %d", i, d.res[i].n, u.res[i].n);
+		for (int t = 0; t < u.res[i].n; t++)
+			cr_assert_eq(d.res[i].toks[t], u.res[i].toks[t], "rid %d token %d", i, t);
+		cr_expect_eq(p.res[i].n, 1);
+	}
+	xfer_stats xs;
+	xfer_get_stats(d.x, &xs);
+	cr_log_info("%s: %lld rooms ok, %lld bytes", xfer_backend_name(backend), (long long)xs.rooms_ok,
+		    (long long)xs.bytes);
+	cr_expect_eq(xs.rooms_ok, N);
+	cr_expect_gt(xs.bytes, 0);
+	xfer_timing t;
+	cr_expect_eq(xfer_take_timing(d.x, 3, &t), 0);
+	cr_expect_gt(t.bytes, 0);
+	assert_pages_back(&p);
+	assert_pages_back(&d);
+	node_close(&d);
+	node_close(&p);
+	node_close(&u);
+}
+
+Test(xfer, tcp_pd_equals_unified, .timeout = 120) { pd_equals_unified(XFER_TCP); }
+Test(xfer, shm_pd_equals_unified, .timeout = 120) { pd_equals_unified(XFER_SHM); }
+
+Test(xfer, handshake_mismatch_is_named, .timeout = 60)
+{
+	const char *model = stories();
+	node p, d;
+	node_opts op = { .role = XFER_PREFILL, .backend = XFER_TCP, .page_size = 16 };
+	node_opts od = { .role = XFER_DECODE, .backend = XFER_TCP, .page_size = 32 };
+	node_open(&p, model, &op);
+	node_open(&d, model, &od);
+	int32_t pr[20];
+	make_prompt(1, 20, pr);
+	pd_submit(&p, &d, 1, 77, pr, 20, 5);
+	pump(&d, 1, 20);
+	cr_expect_eq(d.res[1].finish, ENGINE_FINISH_ERROR);
+	cr_expect(strstr(d.res[1].message, "page size: prefill 16, decode 32"), "%s", d.res[1].message);
+	assert_pages_back(&d);
+	node_close(&d);
+	node_close(&p);
+
+	/* dtype */
+	op.page_size = od.page_size = 16;
+	od.kv_dtype = QTYPE_F16;
+	node_open(&p, model, &op);
+	node_open(&d, model, &od);
+	pd_submit(&p, &d, 2, 78, pr, 20, 5);
+	pump(&d, 1, 20);
+	cr_expect(strstr(d.res[2].message, "kv cache dtype"), "%s", d.res[2].message);
+	node_close(&d);
+	node_close(&p);
+
+	/* another model */
+	const char *other = test_shared("models/stories260K-q8_0.gguf");
+	if (other) {
+		od.kv_dtype = 0;
+		node_open(&p, model, &op);
+		node_open(&d, other, &od);
+		pd_submit(&p, &d, 3, 79, pr, 20, 5);
+		pump(&d, 1, 20);
+		cr_expect(strstr(d.res[3].message, "model: prefill"), "%s", d.res[3].message);
+		node_close(&d);
+		node_close(&p);
+	}
+}
+
+Test(xfer, prefill_gone_fails_rooms_and_decode_recovers, .timeout = 60)
+{
+	const char *model = stories();
+	node p, d;
+	node_opts op = { .role = XFER_PREFILL, .backend = XFER_TCP }, od = { .role = XFER_DECODE, .backend = XFER_TCP };
+	node_open(&d, model, &od);
+	/* nothing listens: connect fails at once */
+	char err[ERR_LEN];
+	int32_t pr[40];
+	make_prompt(3, 40, pr);
+	engine_request rd = req(1, pr, 40, 5);
+	rd.pd = ENGINE_PD_IMPORT;
+	cr_assert_eq(xfer_decode_add(d.x, 5, 1, "127.0.0.1", 1, 40, err), 0, "%s", err);
+	cr_assert_eq(engine_submit(d.e, &rd, err), 0, "%s", err);
+	pump(&d, 1, 20);
+	cr_expect_eq(d.res[1].finish, ENGINE_FINISH_ERROR);
+	cr_expect(strstr(d.res[1].message, "127.0.0.1:1"), "%s", d.res[1].message);
+	assert_pages_back(&d);
+
+	/* a prefill that goes away after the decode connected: rooms fail, pages come back */
+	node_open(&p, model, &op);
+	int port = xfer_bootstrap_port(p.x);
+	rd.rid = 2;
+	cr_assert_eq(xfer_decode_add(d.x, 6, 2, "127.0.0.1", port, 40, err), 0, "%s", err);
+	cr_assert_eq(engine_submit(d.e, &rd, err), 0, "%s", err);
+	/* the prefill never gets the HTTP half of room 6, then dies */
+	struct timespec ts = { 0, 300000000 };
+	nanosleep(&ts, NULL);
+	node_close(&p);
+	pump(&d, 2, 20);
+	cr_expect_eq(d.res[2].finish, ENGINE_FINISH_ERROR);
+	cr_expect(strstr(d.res[2].message, "prefill"), "%s", d.res[2].message);
+	assert_pages_back(&d);
+
+	/* a new prefill on the same port: the decode works with it, no restart */
+	op.bootstrap_port = port;
+	node_open(&p, model, &op);
+	pd_submit(&p, &d, 3, 7, pr, 40, 5);
+	pump(&d, 3, 30);
+	cr_expect_eq(d.res[3].finish, ENGINE_FINISH_LENGTH, "%s", d.res[3].message);
+	cr_expect_eq(d.res[3].n, 5);
+	assert_pages_back(&d);
+	assert_pages_back(&p);
+	node_close(&p);
+	node_close(&d);
+}
+
+Test(xfer, abort_both_directions, .timeout = 60)
+{
+	const char *model = stories();
+	node p, d;
+	node_opts op = { .role = XFER_PREFILL, .backend = XFER_TCP }, od = { .role = XFER_DECODE, .backend = XFER_TCP };
+	node_open(&p, model, &op);
+	node_open(&d, model, &od);
+	char err[ERR_LEN];
+	int32_t pr[60];
+	make_prompt(4, 60, pr);
+	/* decode-side abort while the prefill has not started (no HTTP half yet) */
+	engine_request rd = req(1, pr, 60, 50);
+	rd.pd = ENGINE_PD_IMPORT;
+	cr_assert_eq(xfer_decode_add(d.x, 11, 1, "127.0.0.1", xfer_bootstrap_port(p.x), 60, err), 0, "%s", err);
+	cr_assert_eq(engine_submit(d.e, &rd, err), 0, "%s", err);
+	struct timespec ts = { 0, 200000000 };
+	nanosleep(&ts, NULL);
+	engine_abort(d.e, 1);
+	pump(&d, 1, 20);
+	cr_expect_eq(d.res[1].finish, ENGINE_FINISH_ABORT, "%s", d.res[1].message);
+	/* the prefill now gets the HTTP half of that room: the decode has cancelled it */
+	engine_request rp = req(1, pr, 60, 1);
+	rp.pd = ENGINE_PD_EXPORT;
+	cr_assert_eq(engine_submit(p.e, &rp, err), 0, "%s", err);
+	cr_assert_eq(xfer_prefill_add(p.x, 11, 1, 60, err), 0, "%s", err);
+	pump(&p, 1, 20);
+	cr_expect_eq(p.res[1].finish, ENGINE_FINISH_ERROR, "prefill should fail a cancelled room (%d)", p.res[1].finish);
+	assert_pages_back(&p);
+	assert_pages_back(&d);
+
+	/* prefill-side abort: the decode fails the room at once */
+	pd_submit(&p, &d, 2, 12, pr, 60, 50);
+	engine_abort(p.e, 2);
+	pump(&p, 2, 20);
+	pump(&d, 2, 20);
+	if (p.res[2].finish == ENGINE_FINISH_ABORT) {
+		cr_expect_eq(d.res[2].finish, ENGINE_FINISH_ERROR, "%s", d.res[2].message);
+	} /* else the prefill finished before the abort landed: then the decode simply succeeds */
+	assert_pages_back(&p);
+	assert_pages_back(&d);
+	node_close(&d);
+	node_close(&p);
+}
+
+Test(xfer, backend_names)
+{
+	char err[ERR_LEN];
+	xfer_backend b;
+	cr_expect_eq(xfer_backend_parse("tcp", &b, err), 0);
+	cr_expect_eq(b, XFER_TCP);
+	cr_expect_eq(xfer_backend_parse("mooncake", &b, err), ERR_UNSUPPORTED);
+	cr_expect(strstr(err, "tcp, shm, fake"), "%s", err);
+	cr_expect_eq(xfer_backend_parse("carrier-pigeon", &b, err), ERR_INVAL);
+}
+
+/* ---- frames ---------------------------------------------------------------- */
+
+Test(kvwire, roundtrip_and_rejects)
+{
+	char err[ERR_LEN];
+	uint8_t h[KVW_HDR];
+	kvw_hdr hd;
+	kvw_hdr_encode(h, KVW_AUX, 123456789012345ull, 77);
+	cr_assert_eq(kvw_hdr_decode(h, &hd, err), 0, "%s", err);
+	cr_expect_eq(hd.type, KVW_AUX);
+	cr_expect_eq(hd.room, 123456789012345ull);
+	cr_expect_eq(hd.len, 77);
+	h[0] ^= 1;
+	cr_expect_eq(kvw_hdr_decode(h, &hd, err), ERR_PROTO);
+	cr_expect(strstr(err, "magic"), "%s", err);
+	kvw_hdr_encode(h, 99, 0, 0);
+	cr_expect_eq(kvw_hdr_decode(h, &hd, err), ERR_PROTO);
+	kvw_hdr_encode(h, KVW_KV_DATA, 0, (1ull << 30) + 1);
+	cr_expect_eq(kvw_hdr_decode(h, &hd, err), ERR_PROTO);
+	cr_expect(strstr(err, "limit"), "%s", err);
+
+	int32_t pages[3] = { 5, 9, 2 }, back[3];
+	uint8_t buf[64];
+	size_t n = kvw_room_dest_encode(buf, 40, pages, 3);
+	uint32_t np, npg;
+	cr_assert_eq(kvw_room_dest_decode(buf, n, &np, back, 3, &npg, err), 0, "%s", err);
+	cr_expect_eq(np, 40);
+	cr_expect_eq(npg, 3);
+	cr_expect_eq(back[1], 9);
+	cr_expect_eq(kvw_room_dest_decode(buf, n - 1, &np, back, 3, &npg, err), ERR_PROTO);
+	cr_expect_eq(kvw_room_dest_decode(buf, n, &np, back, 2, &npg, err), ERR_PROTO);
+
+	kvw_aux a = { .first_token = 42, .logprob = -0.5f, .cached_tokens = 16, .n_prompt = 40, .n_top = 2 };
+	a.top[0] = (sampler_logprob){ 42, -0.5f };
+	a.top[1] = (sampler_logprob){ 7, -1.5f };
+	uint8_t ab[256];
+	n = kvw_aux_encode(ab, &a);
+	kvw_aux b;
+	cr_assert_eq(kvw_aux_decode(ab, n, &b, err), 0, "%s", err);
+	cr_expect_eq(b.first_token, 42);
+	cr_expect_eq(b.top[1].id, 7);
+	cr_expect_eq(kvw_aux_decode(ab, n + 1, &b, err), ERR_PROTO);
+	a.cached_tokens = 41;
+	n = kvw_aux_encode(ab, &a);
+	cr_expect_eq(kvw_aux_decode(ab, n, &b, err), ERR_PROTO, "cached > prompt accepted");
+
+	kvw_layout l1 = { 1, 5, 4, 8, 16, 1 }, l2 = l1;
+	cr_expect_eq(kvw_layout_diff(&l1, &l2, err), 0);
+	l2.head_dim = 16;
+	cr_expect_eq(kvw_layout_diff(&l1, &l2, err), ERR_PROTO);
+	cr_expect(strstr(err, "head dim: prefill 8, decode 16"), "%s", err);
+
+	/* random bytes never crash a decoder */
+	srand(7);
+	for (int it = 0; it < 20000; it++) {
+		uint8_t rnd[300];
+		size_t len = (size_t)(rand() % 300);
+		for (size_t i = 0; i < len; i++)
+			rnd[i] = (uint8_t)rand();
+		kvw_hello hh;
+		kvw_shm_attach sa;
+		uint32_t f, k;
+		int32_t pg[64];
+		kvw_hello_decode(rnd, len, it & 1, &hh, err);
+		kvw_shm_attach_decode(rnd, len, &sa, err);
+		kvw_room_dest_decode(rnd, len, &np, pg, 64, &npg, err);
+		kvw_range_decode(rnd, len, &f, &k, err);
+		kvw_aux_decode(rnd, len, &b, err);
+		if (len >= KVW_HDR)
+			kvw_hdr_decode(rnd, &hd, err);
+	}
+}
