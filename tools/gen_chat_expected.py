@@ -25,12 +25,16 @@ Output, under tests/data/chat/:
                          case and family, either the file of the expected
                          prompt or the error message the template raised
   <family>/<case>.txt    the exact rendered bytes (no newline added)
+  random.json            RANDOM_CASES seeded random conversations (random
+                         roles and contents built from the pieces the
+                         templates react to), expected prompt or error inline
 
 Cases list "only" to restrict them to some families (a case that makes no
 sense elsewhere, or one whose output depends on today's date).
 """
 import json
 import os
+import random
 import sys
 
 from jinja2.exceptions import TemplateError
@@ -157,6 +161,33 @@ CASES = [
 ]
 
 
+# Pieces of random contents: Python-only and shared whitespace, think tags and
+# flags, quoting, other templates' markers.
+RANDOM_PIECES = [" ", "\n", "\t", "\r\n", "\u00a0", "\u2028", "\u3000", "\x1c", "\u200b",
+                 "</think>", "<think>", "/think", "/no_think", "/no_", "think", "a", "b", "é", "🙂",
+                 "\"", "\\", "\x01", "\x7f", "<|im_end|>", "[INST]", "{{", "%}", "x y"]
+RANDOM_CASES = 40
+RANDOM_SEED = 20250101
+
+
+def random_cases():
+    rng = random.Random(RANDOM_SEED)
+    roles = ["system", "user", "assistant", "tool"]
+    cases = []
+    for i in range(RANDOM_CASES):
+        msgs = []
+        for k in range(rng.randint(1, 6)):
+            # Half alternate user/assistant, so strict templates render too.
+            r = rng.choice(roles) if rng.random() < 0.5 else ["user", "assistant"][k % 2]
+            c = "".join(rng.choice(RANDOM_PIECES) for _ in range(rng.randint(0, 8)))
+            msgs.append({"role": r, "content": c})
+        case = {"name": "random_%d" % i, "messages": msgs, "gen": rng.random() < 0.5}
+        if rng.random() < 0.3:
+            case["kwargs"] = {"enable_thinking": False}
+        cases.append(case)
+    return cases
+
+
 def env():
     e = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                       extensions=["jinja2.ext.loopcontrols"])
@@ -238,6 +269,19 @@ def build():
         cases.append(c)
     index = {"generator": "tools/gen_chat_expected.py", "families": fams, "cases": cases}
     files["cases.json"] = (json.dumps(index, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+
+    rcases = []
+    for case in random_cases():
+        results = {}
+        for name, _, bos, eos in FAMILIES:
+            out, err = render(e, texts[name], case, bos, eos)
+            results[name] = {"error": err} if err is not None else {"text": out}
+        kw = dict(DATE)
+        kw.update(case.get("kwargs", {}))
+        rcases.append({"name": case["name"], "messages": case["messages"],
+                       "add_generation_prompt": case["gen"], "kwargs": kw, "results": results})
+    rindex = {"generator": "tools/gen_chat_expected.py", "seed": RANDOM_SEED, "cases": rcases}
+    files["random.json"] = (json.dumps(rindex, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
     return files
 
 

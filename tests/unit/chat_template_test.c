@@ -28,11 +28,18 @@
 
 /* ---- helpers ------------------------------------------------------------- */
 
+static json_object *load_json(const char *file)
+{
+	char path[1024];
+	snprintf(path, sizeof path, CHAT_DATA "%s", file);
+	json_object *j = json_object_from_file(path);
+	cr_assert(j, "cannot read %s (run tools/gen_chat_expected.py)", path);
+	return j;
+}
+
 static json_object *load_index(void)
 {
-	json_object *j = json_object_from_file(CHAT_DATA "cases.json");
-	cr_assert(j, "cannot read " CHAT_DATA "cases.json (run tools/gen_chat_expected.py)");
-	return j;
+	return load_json("cases.json");
 }
 
 static const char *jstr(json_object *o, const char *key)
@@ -145,10 +152,18 @@ static int check_one(json_object *index, json_object *cs, const char *fam_name, 
 		cr_assert_null(out);
 	} else {
 		char path[1024];
-		snprintf(path, sizeof path, CHAT_DATA "%s", jstr(res, "file"));
 		size_t want_n;
-		char *want = test_read_file(path, &want_n);
-		cr_assert(want, "cannot read %s", path);
+		char *want;
+		json_object *text = jget(res, "text");
+		if (text) { /* random.json holds it inline */
+			want_n = (size_t)json_object_get_string_len(text);
+			want = malloc(want_n + 1);
+			memcpy(want, json_object_get_string(text), want_n + 1);
+		} else {
+			snprintf(path, sizeof path, CHAT_DATA "%s", jstr(res, "file"));
+			want = test_read_file(path, &want_n);
+			cr_assert(want, "cannot read %s", path);
+		}
 		if (rc != 0) {
 			fprintf(stderr, "%s: want a prompt, got %s \"%s\"\n", what, err_name(rc), err);
 			bad = 1;
@@ -189,6 +204,27 @@ Test(chat_template, every_case_matches_jinja)
 		cr_assert_geq(per_family[f], 30, "family %s has only %d cases",
 			      chat_template_name((chat_tmpl_family)f), per_family[f]);
 	cr_assert_geq(errors, 20);
+}
+
+/* Seeded random conversations (tools/gen_chat_expected.py RANDOM_*): random
+   roles, contents glued from whitespace, think tags and markers. */
+Test(chat_template, random_conversations_match_jinja)
+{
+	json_object *index = load_index(), *rnd = load_json("random.json");
+	json_object *cases = jget(rnd, "cases");
+	int checked = 0, bad = 0;
+	for (size_t c = 0; c < json_object_array_length(cases); c++) {
+		json_object *cs = json_object_array_get_idx(cases, c);
+		json_object_object_foreach(jget(cs, "results"), fam_name, res)
+		{
+			bad += check_one(index, cs, fam_name, res);
+			checked++;
+		}
+	}
+	json_object_put(rnd);
+	json_object_put(index);
+	cr_assert_eq(bad, 0, "%d of %d random cases differ from the Jinja rendering", bad, checked);
+	cr_assert_geq(checked, 40 * CHAT_TMPL_COUNT);
 }
 
 /* ---- detection ----------------------------------------------------------- */
