@@ -62,10 +62,17 @@ $(BIN): $(CMD_OBJ) $(LIB)
 $(BUILD)/tests/unit/%_test: $(BUILD)/tests/unit/%_test.o $(HELP_OBJ) $(LIB)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(HELP_OBJ) $(LIB) -lcriterion -ljson-c $(LDLIBS_ALL)
 
+# Each test's output goes to BUILD/tests/unit/NAME.log; we print Criterion's
+# lines and every sanitizer report. A report fails the run even when the
+# test's exit status does not say so (LeakSanitizer inside Criterion's
+# workers exits 0 for the runner).
+SAN_REPORT := ERROR: (Leak|Address|Thread)Sanitizer|runtime error:
 unit: $(TEST_BIN) $(BIN)
 	@fail=0; for t in $(TEST_BIN); do \
 		echo "== $$t"; \
-		PDSERVE_BIN=$(abspath $(BIN)) $$t --jobs 2 || fail=1; \
+		PDSERVE_BIN=$(abspath $(BIN)) $$t --jobs 2 > $$t.log 2>&1 || { fail=1; echo "FAILED: $$t (see $$t.log)"; }; \
+		grep -E '^\[(FAIL|====)\]|Assertion|Crash|$(SAN_REPORT)' $$t.log; \
+		if grep -Eq '$(SAN_REPORT)' $$t.log; then fail=1; echo "SANITIZER REPORT: $$t (see $$t.log)"; fi; \
 	done; exit $$fail
 
 e2e: $(BIN)
