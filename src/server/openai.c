@@ -908,14 +908,18 @@ int openai_prompt_ids(const openai_request *r, int k, const openai_model *m, int
 	if (r->api == OPENAI_API_CHAT) {
 		if (openai_render_chat(r, m, &chat, &len, e))
 			return ERR_INVAL;
-		size_t bl = 0;
-		const char *bos = tokenizer_bos(m->tok) >= 0 && tokenizer_add_bos(m->tok) ?
-					  tokenizer_token_text(m->tok, tokenizer_bos(m->tok), &bl) :
-					  NULL;
-		if (bos && bl && len >= bl && !memcmp(chat, bos, bl)) {
-			memmove(chat, chat + bl, len - bl + 1);
-			len -= bl;
-		}
+		/* the tokenizer adds BOS (EOS) itself: a rendered one would double it */
+		char bos[256] = "", eos[256] = "";
+		size_t bl = 0, el = 0;
+		const char *b = tokenizer_add_bos(m->tok) && tokenizer_bos(m->tok) >= 0 ?
+					tokenizer_token_text(m->tok, tokenizer_bos(m->tok), &bl) : NULL;
+		const char *s = tokenizer_add_eos(m->tok) && tokenizer_eos(m->tok) >= 0 ?
+					tokenizer_token_text(m->tok, tokenizer_eos(m->tok), &el) : NULL;
+		if (b && bl < sizeof(bos))
+			snprintf(bos, sizeof(bos), "%.*s", (int)bl, b);
+		if (s && el < sizeof(eos))
+			snprintf(eos, sizeof(eos), "%.*s", (int)el, s);
+		len = chat_template_strip_bos_eos(chat, len, bos, eos);
 		text = chat;
 	} else {
 		text = r->prompts[k].text;
