@@ -4,13 +4,15 @@
  * Flags use SGLang's launch_server names so SGLang command lines run
  * unchanged. Flags that mean nothing on this CPU build (--trust-remote-code,
  * --disable-cuda-graph, --dtype, ...) are accepted and logged as ignored.
- * Not yet: --tp/--dp > 1 and --disaggregation-mode prefill|decode are
- * refused with a clear message (exit 2).
+ * Not yet: --tp/--dp > 1 (refused with a clear message, exit 2).
  *
- * Wiring order: bind the socket first (a taken port fails in milliseconds,
- * before the model loads), create the engine with the server's wake-up as
- * its notify callback, attach, serve until SIGINT/SIGTERM, then destroy the
- * engine (no events after that) and the server.
+ * Wiring order: the KV transfer layer when in a PD role (the prefill binds
+ * its bootstrap port), then bind the HTTP socket (a taken port fails in
+ * milliseconds, before the model loads), create the engine with the
+ * server's wake-up as its notify callback and the transfer layer's hooks,
+ * attach, serve until SIGINT/SIGTERM, then stop the transfer thread,
+ * destroy the engine (no events after that), the transfer layer and the
+ * server.
  *
  * KV pool size: --max-total-tokens if given, else --mem-fraction-static
  * (default 0.5) of (MemAvailable - model weights); see engine.h.
@@ -27,6 +29,7 @@
 #include "base/log.h"
 #include "cmd/cmd.h"
 #include "cmd/common.h"
+#include "disagg/xfer.h"
 #include "engine/engine.h"
 #include "kernels/kernels.h"
 #include "model/chat_template.h"
@@ -58,7 +61,11 @@ static void usage(FILE *f)
 		"  --max-body-size BYTES          largest request body (default 33554432); larger gets 413\n"
 		"  --log-level debug|info|warning|error\n"
 		"  --tp N, --dp N                 only 1 for now\n"
-		"  --disaggregation-mode null     prefill/decode: not yet\n"
+		"  --disaggregation-mode null|prefill|decode   PD disaggregation role (default null: unified)\n"
+		"  --disaggregation-transfer-backend tcp|shm|fake   KV transfer (default tcp; mooncake/nixl: not yet)\n"
+		"  --disaggregation-bootstrap-port N   prefill: bootstrap service port (default 8998)\n"
+		"  --disaggregation-ib-device DEV      RDMA devices (UCX backend; ignored by tcp/shm)\n"
+		"  --num-reserved-decode-tokens N      decode: KV reserved beyond the prompt (default 512)\n"
 		"  accepted and ignored: --trust-remote-code --disable-cuda-graph --dtype --enable-metrics\n"
 		"    --log-requests --skip-server-warmup --random-seed --device --attention-backend\n"
 		"    --sampling-backend --cuda-graph-max-bs --tokenizer-path --tokenizer-mode\n");
@@ -66,6 +73,8 @@ static void usage(FILE *f)
 
 typedef struct {
 	const char *model, *host, *served, *chat_template, *api_key, *policy, *disagg, *kv, *log_level;
+	const char *backend, *ib_device;
+	long bootstrap_port, reserved_decode;
 	long port, threads, ctx, page, max_total, max_running, max_queued, max_prefill, chunk, tp, dp, body;
 	double mem_frac;
 	int disable_radix;
@@ -74,7 +83,7 @@ typedef struct {
 enum {
 	O_MODEL = 256, O_HOST, O_PORT, O_SERVED, O_THREADS, O_CTX, O_PAGE, O_MEMF, O_MAXTOT, O_MAXRUN, O_MAXQ,
 	O_MAXPRE, O_CHUNK, O_POLICY, O_NORADIX, O_KV, O_TMPL, O_KEY, O_BODY, O_LOG, O_TP, O_DP, O_DISAGG,
-	O_IGN_ARG, O_IGN_FLAG,
+	O_IGN_ARG, O_IGN_FLAG, O_BACKEND, O_BOOTPORT, O_IBDEV, O_RESERVED,
 };
 
 static int parse_args(int argc, char **argv, srv_opts *o)
@@ -108,6 +117,10 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		{ "dp-size", required_argument, 0, O_DP },
 		{ "data-parallel-size", required_argument, 0, O_DP },
 		{ "disaggregation-mode", required_argument, 0, O_DISAGG },
+		{ "disaggregation-transfer-backend", required_argument, 0, O_BACKEND },
+		{ "disaggregation-bootstrap-port", required_argument, 0, O_BOOTPORT },
+		{ "disaggregation-ib-device", required_argument, 0, O_IBDEV },
+		{ "num-reserved-decode-tokens", required_argument, 0, O_RESERVED },
 		/* no meaning here: accepted so SGLang command lines run, logged */
 		{ "dtype", required_argument, 0, O_IGN_ARG },
 		{ "random-seed", required_argument, 0, O_IGN_ARG },
@@ -173,6 +186,10 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 				bad = "--disaggregation-mode";
 			o->disagg = optarg;
 			break;
+		case O_BACKEND: o->backend = optarg; break;
+		case O_BOOTPORT: if (cmd_parse_int(optarg, 1, 65535, &o->bootstrap_port)) bad = "--disaggregation-bootstrap-port"; break;
+		case O_IBDEV: o->ib_device = optarg; break;
+		case O_RESERVED: if (cmd_parse_int(optarg, 0, 1 << 20, &o->reserved_decode)) bad = "--num-reserved-decode-tokens"; break;
 		case O_IGN_ARG: LOGI("server", "--%s %s: ignored (no meaning in this CPU build)", name, optarg); break;
 		case O_IGN_FLAG: LOGI("server", "--%s: ignored (no meaning in this CPU build)", name); break;
 		case 'h': usage(stdout); return 1;
@@ -191,11 +208,15 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		fprintf(stderr, "pdserve server: --tp/--dp > 1 is not supported yet (one engine per process for now)\n");
 		return 2;
 	}
-	if (strcmp(o->disagg, "null")) {
-		fprintf(stderr, "pdserve server: --disaggregation-mode %s is not supported yet; only 'null' (unified) "
-				"works for now\n", o->disagg);
+	xfer_backend b;
+	char err[ERR_LEN];
+	if (xfer_backend_parse(o->backend, &b, err) < 0) {
+		fprintf(stderr, "pdserve server: %s\n", err);
 		return 2;
 	}
+	if (o->ib_device && b != XFER_FAKE)
+		LOGI("server", "--disaggregation-ib-device %s: ignored by the %s backend (it selects RDMA devices for UCX)",
+		     o->ib_device, o->backend);
 	return 0;
 }
 
@@ -244,7 +265,8 @@ static int chat_family(const char *flag, const char *model_path, chat_tmpl_famil
 int cmd_server(int argc, char **argv)
 {
 	srv_opts o = { .host = "127.0.0.1", .port = 30000, .policy = "fcfs", .disagg = "null", .kv = "auto",
-		       .log_level = "info", .tp = 1, .dp = 1, .body = 32L << 20 };
+		       .log_level = "info", .tp = 1, .dp = 1, .body = 32L << 20, .backend = "tcp",
+		       .bootstrap_port = 8998, .reserved_decode = 512 };
 	int rc = parse_args(argc, argv, &o);
 	if (rc)
 		return rc == 1 ? 0 : rc;
@@ -297,6 +319,7 @@ int cmd_server(int argc, char **argv)
 		{ "tp_size", "1", true },
 		{ "dp_size", "1", true },
 		{ "disaggregation_mode", o.disagg, false },
+		{ "disaggregation_transfer_backend", o.backend, false },
 	};
 	http_config hc = {
 		.host = o.host,
@@ -309,9 +332,29 @@ int cmd_server(int argc, char **argv)
 		.args = args,
 		.n_args = (int)(sizeof(args) / sizeof(args[0])),
 	};
+	/* PD disaggregation: the transfer layer first (the engine's hooks need it) */
+	xfer *xf = NULL;
+	xfer_backend backend = XFER_TCP;
+	xfer_backend_parse(o.backend, &backend, err);
+	if (strcmp(o.disagg, "null")) {
+		xfer_config xc = { .role = !strcmp(o.disagg, "prefill") ? XFER_PREFILL : XFER_DECODE,
+				   .backend = backend,
+				   .host = o.host,
+				   .bootstrap_port = (int)o.bootstrap_port };
+		xf = xfer_create(&xc, err);
+		if (!xf) {
+			fprintf(stderr, "pdserve server: %s\n", err);
+			return 1;
+		}
+		hc.xf = xf;
+		hc.pd_role = xc.role;
+		hc.pd_backend = backend;
+		hc.num_reserved_decode_tokens = (int)o.reserved_decode;
+	}
 	http_server *s = http_server_create(&hc, err);
 	if (!s) {
 		fprintf(stderr, "pdserve server: %s\n", err);
+		xfer_destroy(xf);
 		return 1;
 	}
 
@@ -340,12 +383,22 @@ int cmd_server(int argc, char **argv)
 	ec.disable_radix_cache = o.disable_radix;
 	ec.notify = http_server_notify;
 	ec.notify_arg = s;
+	if (xf) {
+		ec.kv_export = xfer_on_export;
+		ec.kv_import = xfer_on_import;
+		ec.kv_import_cancel = xfer_on_import_cancel;
+		ec.pd_arg = xf;
+		ec.kv_shared = backend == XFER_SHM && !strcmp(o.disagg, "decode");
+	}
 	engine *e = engine_create(&ec, err);
 	if (!e) {
 		fprintf(stderr, "pdserve server: %s\n", err);
 		http_server_destroy(s);
+		xfer_destroy(xf);
 		return 1;
 	}
+	if (xf)
+		xfer_attach(xf, e);
 	http_server_attach(s, e);
 	engine_stats st;
 	engine_get_stats(e, &st);
@@ -356,7 +409,9 @@ int cmd_server(int argc, char **argv)
 	printf("pdserve server ready on http://%s:%d\n", o.host, http_server_port(s));
 	fflush(stdout);
 	rc = http_server_run(s);
+	xfer_stop(xf); /* no engine calls from the transfer thread after this */
 	engine_destroy(e);
+	xfer_destroy(xf);
 	http_server_destroy(s);
 	LOGI("server", "stopped");
 	return rc < 0 ? 1 : 0;

@@ -1811,17 +1811,23 @@ void xfer_attach(xfer *x, engine *e)
 		     x->cfg.heartbeat_interval, x->cfg.heartbeat_max_failure);
 }
 
+void xfer_stop(xfer *x)
+{
+	if (!x || !x->started)
+		return;
+	pthread_mutex_lock(&x->mu);
+	x->stop = true;
+	pthread_mutex_unlock(&x->mu);
+	wake(x);
+	pthread_join(x->th, NULL);
+	x->started = false;
+}
+
 void xfer_destroy(xfer *x)
 {
 	if (!x)
 		return;
-	if (x->started) {
-		pthread_mutex_lock(&x->mu);
-		x->stop = true;
-		pthread_mutex_unlock(&x->mu);
-		wake(x);
-		pthread_join(x->th, NULL);
-	}
+	xfer_stop(x);
 	while (x->n_conns) {
 		conn *c = x->conns[0];
 		while (c->out_head) {

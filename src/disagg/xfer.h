@@ -46,8 +46,11 @@ xfer *xfer_create(const xfer_config *cfg, char err[ERR_LEN]);
 /* Attach the engine (once, before any request). Reads the KV layout and
    the model fingerprint from it. */
 void xfer_attach(xfer *x, engine *e);
-/* Stop the thread, close every connection. Call after the engine stopped
-   producing hooks (destroy the engine first, or stop traffic). */
+/* Stop the thread: after this the xfer calls nothing in the engine (its
+   hooks only queue). Shutdown order: xfer_stop, engine_destroy,
+   xfer_destroy. Idempotent. */
+void xfer_stop(xfer *x);
+/* Stop (if needed), close every connection, free. NULL is fine. */
 void xfer_destroy(xfer *x);
 
 int xfer_bootstrap_port(const xfer *x);

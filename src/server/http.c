@@ -488,6 +488,18 @@ static void on_event(http_server *s, const engine_event *ev)
 			LOGE("http", "%s %s: engine request %llu failed: %s", c->route, c->id, (unsigned long long)u->rid,
 			     ev->message);
 	}
+	if (final && s->cfg.xf && s->cfg.pd_role == XFER_DECODE && ev->finish != ENGINE_FINISH_ERROR) {
+		xfer_timing t;
+		if (xfer_take_timing(s->cfg.xf, u->rid, &t) == 0) {
+			c->rs.has_pd = true;
+			c->rs.pd_backend = xfer_backend_name(s->cfg.pd_backend);
+			c->rs.pd_prefill_queue_s = t.prefill_queue_s;
+			c->rs.pd_prefill_compute_s = t.prefill_compute_s;
+			c->rs.pd_transfer_s = t.transfer_s;
+			c->rs.pd_admission_wait_s = t.admission_wait_s;
+			c->rs.pd_bytes = t.bytes;
+		}
+	}
 	if (c->req && !c->gone) {
 		int rc = openai_choice_event(ch, &c->r, s->model.tok, ev);
 		if (rc == 1 && u->live) {
@@ -572,6 +584,17 @@ static int call_submit(call *c, openai_error *e)
 	openai_request *r = &c->r;
 	int n_prompts = r->api == OPENAI_API_CHAT ? 1 : r->n_prompts;
 	int n = n_prompts * r->n;
+	xfer *xf = s->cfg.xf;
+	if (xf) {
+		bool dec = s->cfg.pd_role == XFER_DECODE;
+		if (!r->has_bootstrap || (dec && s->cfg.pd_backend != XFER_FAKE && (!r->bootstrap_host || !r->bootstrap_port)))
+			return openai_error_set(e, 400, "bootstrap_room",
+						"this is a %s server (PD disaggregation): requests need bootstrap_host, "
+						"bootstrap_port and bootstrap_room (send them through pdserve router)",
+						dec ? "decode" : "prefill");
+		if (n != 1)
+			return openai_error_set(e, 400, "n", "n: a disaggregated request has one prompt and one choice");
+	}
 	int32_t **ids = alloc_zeroed((size_t)n_prompts, sizeof(*ids));
 	int *n_ids = alloc_zeroed((size_t)n_prompts, sizeof(int));
 	int *max_new = alloc_zeroed((size_t)n_prompts, sizeof(int));
@@ -609,7 +632,30 @@ static int call_submit(call *c, openai_error *e)
 		er.user = u;
 		u->t_submit = clock_now_ns();
 		char err[ERR_LEN];
+		if (xf && s->cfg.pd_role == XFER_PREFILL) {
+			er.pd = ENGINE_PD_EXPORT;
+			er.max_new_tokens = 1; /* the first token; the decode makes the rest */
+		} else if (xf) {
+			er.pd = ENGINE_PD_IMPORT;
+			er.reserve_tokens = s->cfg.num_reserved_decode_tokens;
+			/* register first: the engine's kv_import hook may fire at once */
+			if (xfer_decode_add(xf, r->bootstrap_room, er.rid, r->bootstrap_host, r->bootstrap_port, n_ids[k],
+					    err) < 0) {
+				openai_error_set(e, 400, "bootstrap_host", "%s", err);
+				goto out;
+			}
+		}
 		int src = engine_submit(s->eng, &er, err);
+		if (src < 0 && xf && s->cfg.pd_role == XFER_DECODE)
+			xfer_forget(xf, er.rid);
+		if (src == 0 && xf && s->cfg.pd_role == XFER_PREFILL &&
+		    xfer_prefill_add(xf, r->bootstrap_room, er.rid, n_ids[k], err) < 0) {
+			engine_abort(s->eng, er.rid);
+			u->live = true;
+			c->n_live++;
+			openai_error_set(e, 500, NULL, "%s", err);
+			goto out;
+		}
 		if (src < 0) {
 			abort_live(c);
 			if (src == ERR_FULL)
@@ -759,6 +805,25 @@ static void handle_server_info(http_server *s, struct evhttp_request *req, const
 		engine_get_stats(s->eng, &st);
 		json_object_object_add(o, "max_total_num_tokens", json_object_new_int64(st.max_total_tokens));
 		json_object_object_add(o, "engine_stats", stats_json(&st));
+	}
+	if (s->cfg.xf) {
+		xfer_stats xs;
+		xfer_get_stats(s->cfg.xf, &xs);
+		json_object *k = json_object_new_object();
+		json_object_object_add(k, "role", json_object_new_string(s->cfg.pd_role == XFER_PREFILL ? "prefill" : "decode"));
+		json_object_object_add(k, "transfer_backend", json_object_new_string(xfer_backend_name(s->cfg.pd_backend)));
+		if (s->cfg.pd_role == XFER_PREFILL)
+			json_object_object_add(k, "bootstrap_port", json_object_new_int(xfer_bootstrap_port(s->cfg.xf)));
+		json_object_object_add(k, "rooms_ok", json_object_new_int64(xs.rooms_ok));
+		json_object_object_add(k, "rooms_failed", json_object_new_int64(xs.rooms_failed));
+		json_object_object_add(k, "rooms_live", json_object_new_int(xs.rooms_live));
+		json_object_object_add(k, "bytes", json_object_new_int64(xs.bytes));
+		json_object_object_add(k, "transfer_seconds", json_object_new_double(xs.transfer_s));
+		json_object_object_add(k, "connections", json_object_new_int(xs.connections));
+		json_object_object_add(o, "disaggregation", k);
+		if (s->cfg.pd_role == XFER_PREFILL)
+			json_object_object_add(o, "disaggregation_bootstrap_port",
+					       json_object_new_int(xfer_bootstrap_port(s->cfg.xf)));
 	}
 	reply_jobj(s, req, route, o);
 }
@@ -1047,6 +1112,30 @@ static void handle_metrics(http_server *s, struct evhttp_request *req, const cha
 	if (metrics_render(s->met, s->eng ? &st : NULL, &text, &len) < 0) {
 		reply(s, req, route, 500, "text/plain", "out of memory\n", 14);
 		return;
+	}
+	if (s->cfg.xf) {
+		xfer_stats xs;
+		xfer_get_stats(s->cfg.xf, &xs);
+		char extra[1024];
+		int n = snprintf(extra, sizeof(extra),
+				 "# HELP pdserve:kv_transfer_bytes_total KV bytes moved between prefill and decode.\n"
+				 "# TYPE pdserve:kv_transfer_bytes_total counter\n"
+				 "pdserve:kv_transfer_bytes_total{model_name=\"%s\"} %lld\n"
+				 "# HELP pdserve:kv_transfer_rooms_total KV transfer rooms by outcome.\n"
+				 "# TYPE pdserve:kv_transfer_rooms_total counter\n"
+				 "pdserve:kv_transfer_rooms_total{model_name=\"%s\",outcome=\"ok\"} %lld\n"
+				 "pdserve:kv_transfer_rooms_total{model_name=\"%s\",outcome=\"failed\"} %lld\n"
+				 "# HELP pdserve:kv_transfer_connections Open transfer connections.\n"
+				 "# TYPE pdserve:kv_transfer_connections gauge\n"
+				 "pdserve:kv_transfer_connections{model_name=\"%s\"} %d\n",
+				 s->cfg.served_model_name, (long long)xs.bytes, s->cfg.served_model_name, (long long)xs.rooms_ok,
+				 s->cfg.served_model_name, (long long)xs.rooms_failed, s->cfg.served_model_name, xs.connections);
+		char *grown = alloc_resize(text, len + (size_t)n + 1);
+		if (grown) {
+			memcpy(grown + len, extra, (size_t)n + 1);
+			text = grown;
+			len += (size_t)n;
+		}
 	}
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");

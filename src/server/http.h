@@ -34,6 +34,7 @@
 #include <stddef.h>
 
 #include "base/err.h"
+#include "disagg/xfer.h"
 #include "engine/engine.h"
 #include "model/chat_template.h"
 
@@ -54,6 +55,13 @@ typedef struct {
 	chat_tmpl_family chat_family;  /* for /v1/chat/completions and /apply-template */
 	const http_arg *args;          /* [n_args] */
 	int n_args;
+	/* PD disaggregation: NULL xfer = unified. Prefill: generation requests
+	   need bootstrap_room and answer one token; decode: they need
+	   bootstrap_host/port/room and get their KV from that prefill. */
+	xfer *xf;                      /* borrowed */
+	xfer_role pd_role;
+	xfer_backend pd_backend;
+	int num_reserved_decode_tokens; /* decode: room reserved with the prompt (default 512) */
 } http_config;
 
 typedef struct http_server http_server;

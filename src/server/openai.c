@@ -761,6 +761,27 @@ static int parse_openai(json_object *root, openai_request *r, openai_error *e)
 	return 0;
 }
 
+/* bootstrap_host / bootstrap_port / bootstrap_room (SGLang's PD fields). */
+static int parse_bootstrap(json_object *root, openai_request *r, openai_error *e)
+{
+	json_object *v;
+	int64_t x;
+	if (get_string(root, "bootstrap_host", "bootstrap_host", &r->bootstrap_host, e))
+		return ERR_INVAL;
+	if ((v = field(root, "bootstrap_port"))) {
+		if (as_int64(v, "bootstrap_port", 1, 65535, &x, e))
+			return ERR_INVAL;
+		r->bootstrap_port = (int)x;
+	}
+	if ((v = field(root, "bootstrap_room"))) {
+		if (as_int64(v, "bootstrap_room", 0, INT64_MAX, &x, e))
+			return ERR_INVAL;
+		r->bootstrap_room = (uint64_t)x;
+		r->has_bootstrap = true;
+	}
+	return 0;
+}
+
 int openai_parse(openai_api api, const char *body, size_t len, openai_request *r, openai_error *e)
 {
 	memset(r, 0, sizeof(*r));
@@ -802,6 +823,8 @@ int openai_parse(openai_api api, const char *body, size_t len, openai_request *r
 	}
 	r->root = root;
 	int rc = api == OPENAI_API_GENERATE ? parse_generate(root, r, e) : parse_openai(root, r, e);
+	if (!rc)
+		rc = parse_bootstrap(root, r, e);
 	if (rc) {
 		openai_request_fini(r);
 		return ERR_INVAL;
@@ -1290,6 +1313,21 @@ static json_object *sgl_finish(const openai_resp *rs, const openai_choice *c)
 	return f;
 }
 
+/* PD timing of a decode response, or NULL. */
+static json_object *pd_obj(const openai_resp *rs)
+{
+	if (!rs->has_pd)
+		return NULL;
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "backend", jstr(rs->pd_backend ? rs->pd_backend : ""));
+	json_object_object_add(o, "prefill_queue_time", jdouble(rs->pd_prefill_queue_s));
+	json_object_object_add(o, "prefill_compute_time", jdouble(rs->pd_prefill_compute_s));
+	json_object_object_add(o, "kv_transfer_time", jdouble(rs->pd_transfer_s));
+	json_object_object_add(o, "kv_bytes", json_object_new_int64((int64_t)rs->pd_bytes));
+	json_object_object_add(o, "decode_admission_wait", jdouble(rs->pd_admission_wait_s));
+	return o;
+}
+
 static json_object *generate_obj(const openai_resp *rs, const openai_choice *c, size_t text_len, double e2e_s)
 {
 	json_object *o = json_object_new_object(), *ids = json_object_new_array_ext(c->n_ids),
@@ -1322,6 +1360,8 @@ static json_object *generate_obj(const openai_resp *rs, const openai_choice *c, 
 			json_object_put(top);
 	}
 	json_object_object_add(meta, "e2e_latency", jdouble(e2e_s));
+	if (rs->has_pd && c->finish != OPENAI_FINISH_NONE)
+		json_object_object_add(meta, "pd", pd_obj(rs));
 	json_object_object_add(o, "meta_info", meta);
 	return o;
 }
@@ -1402,6 +1442,8 @@ char *openai_render_response(const openai_resp *rs, openai_choice *ch, int n, do
 		}
 		json_object_object_add(root, "choices", choices);
 		json_object_object_add(root, "usage", usage_obj(ch, n, rs->req->n));
+		if (rs->has_pd)
+			json_object_object_add(root, "pdserve", pd_obj(rs));
 	}
 	char *out = dump(root, len);
 	json_object_put(root);
@@ -1484,6 +1526,8 @@ char *openai_render_chunk(const openai_resp *rs, openai_choice *c, double e2e_s,
 		json_object_object_add(o, "matched_stop", matched_stop(rs, c));
 		json_object_array_add(choices, o);
 		json_object_object_add(root, "choices", choices);
+		if (rs->has_pd)
+			json_object_object_add(root, "pdserve", pd_obj(rs));
 		out = sse_append(out, len, root);
 		json_object_put(root);
 		c->finish_sent = true;

@@ -123,6 +123,12 @@ typedef struct {
 	bool logprobs;             /* return per-token logprobs */
 	int top_logprobs;          /* 0..SAMPLER_MAX_TOP_LOGPROBS */
 	bool return_text_in_logprobs; /* /generate */
+
+	/* PD disaggregation (added by the router; top-level fields on every API) */
+	bool has_bootstrap;        /* bootstrap_room present */
+	const char *bootstrap_host; /* borrowed; NULL when absent */
+	int bootstrap_port;        /* 0 when absent */
+	uint64_t bootstrap_room;   /* 0 .. 2^63-1 */
 } openai_request;
 
 /* Parse and check a request body (any bytes; len need not include a NUL).
@@ -245,6 +251,11 @@ typedef struct {
 	const char *id;          /* "cmpl-...", "chatcmpl-...", or the /generate rid */
 	int64_t created;         /* unix seconds */
 	const char *model;       /* served model name */
+	/* PD timing (decode role): meta_info.pd on /generate, "pdserve" on OpenAI routes */
+	bool has_pd;
+	const char *pd_backend;
+	double pd_prefill_queue_s, pd_prefill_compute_s, pd_transfer_s, pd_admission_wait_s;
+	uint64_t pd_bytes;
 } openai_resp;
 
 /* The whole non-streamed body: completions / chat: OpenAI's object with
