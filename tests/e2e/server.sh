@@ -16,7 +16,7 @@
 # - every bad input gets its status (400, 404, 405, 413) while a good
 #   streaming request completes; a full queue gets 503;
 # - --api-key (401), the launch_server alias, ignored SGLang flags, --tp 2
-#   and --disaggregation-mode prefill refused with "not ... yet";
+#   and the mooncake transfer backend refused with "not ... yet";
 # - /metrics names, and SIGTERM exits 0.
 set -euo pipefail
 
@@ -74,8 +74,9 @@ rc=0
 "$BIN" server --model-path "$MODEL" --tp 2 >/dev/null 2>"$T/err" || rc=$?
 [ "$rc" = 2 ] && grep -q "not supported yet" "$T/err" || fail "--tp 2: exit $rc: $(cat "$T/err")"
 rc=0
-"$BIN" server --model-path "$MODEL" --disaggregation-mode prefill >/dev/null 2>"$T/err" || rc=$?
-[ "$rc" = 2 ] && grep -q "not supported yet" "$T/err" || fail "--disaggregation-mode prefill: exit $rc"
+"$BIN" server --model-path "$MODEL" --disaggregation-mode prefill --disaggregation-transfer-backend mooncake \
+	>/dev/null 2>"$T/err" || rc=$?
+[ "$rc" = 2 ] && grep -q "not built yet; available: tcp, shm, fake" "$T/err" || fail "mooncake backend: exit $rc"
 rc=0
 "$BIN" server --model-path "$MODEL" --port 99999 >/dev/null 2>"$T/err" || rc=$?
 [ "$rc" = 2 ] || fail "--port 99999: exit $rc"
