@@ -1292,6 +1292,12 @@ int engine_submit(engine *e, const engine_request *in, char err[ERR_LEN])
 			       "this model's maximum context length is %d tokens, but %d prompt tokens + %d "
 			       "max_tokens were requested",
 			       e->n_ctx, in->n_prompt, in->max_new_tokens);
+	int pages_needed = (in->n_prompt + 1 + e->cfg.page_size - 1) / e->cfg.page_size;
+	if (pages_needed + 1 > kvcache_n_pages(e->kc))
+		return err_set(err, ERR_INVAL,
+			       "the prompt needs %d KV pages but the pool has %d (raise --max-total-tokens or "
+			       "--mem-fraction-static)",
+			       pages_needed, kvcache_n_pages(e->kc));
 	for (int i = 0; i < in->n_prompt; i++)
 		if (in->prompt[i] < 0 || in->prompt[i] >= e->n_vocab)
 			return err_set(err, ERR_INVAL, "prompt token %d: id %d is outside the vocabulary (0..%d)", i,

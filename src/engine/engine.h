@@ -126,7 +126,8 @@ typedef struct {
 
 /* Queue a request. 0; ERR_INVAL with a sentence (bad sampling field, token
    id out of range, prompt empty, prompt + max_new_tokens > context length,
-   rid already live); ERR_FULL when the waiting queue is at max_queued. */
+   a prompt the whole KV pool cannot hold, rid already live); ERR_FULL when
+   the waiting queue is at max_queued. */
 int engine_submit(engine *e, const engine_request *r, char err[ERR_LEN]);
 
 /* Abort a live request: its pages are freed at the next step and it gets
@@ -165,6 +166,9 @@ typedef struct {
 	int64_t requests_finished[ENGINE_FINISH_ERROR + 1];
 } engine_stats;
 
+/* A snapshot published by the scheduler after each step. It can run ahead
+   of the events still waiting in the outbox (running may read 0 before the
+   last final event has been polled). */
 void engine_get_stats(engine *e, engine_stats *out);
 
 /* ---- disaggregation (thread-safe; applied at the scheduler's next step) ---- */

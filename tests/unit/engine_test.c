@@ -605,3 +605,24 @@ Test(engine_pd, import_abort_waits_for_cancel)
 	assert_stats_idle(d.e);
 	harness_close(&d);
 }
+
+Test(engine, prompt_larger_than_the_pool_is_refused_at_submit)
+{
+	harness h;
+	engine_config c = base_config(stories());
+	c.context_length = 64;
+	c.max_total_tokens = 64;
+	harness_open(&h, &c);
+	int32_t p[60];
+	make_prompt(2, 60, p);
+	engine_request r = { .rid = 0, .prompt = p, .n_prompt = 60, .max_new_tokens = 2 };
+	r.sampling = sampler_params_default();
+	char err[ERR_LEN];
+	cr_expect_eq(engine_submit(h.e, &r, err), ERR_INVAL);
+	cr_expect(strstr(err, "KV pages"), "%s", err);
+	r.n_prompt = 20;
+	cr_expect_eq(engine_submit(h.e, &r, err), 0, "%s", err);
+	pump(&h, 1, NULL);
+	cr_expect_eq(h.res[0].finish, ENGINE_FINISH_LENGTH);
+	harness_close(&h);
+}
