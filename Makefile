@@ -19,8 +19,14 @@ OPT     ?= -O2
 SAN     ?=
 CFLAGS  ?=
 PKGS    := libevent libevent_pthreads json-c
+# UCX is optional: without it the ucx transfer backend reports itself unavailable.
+HAVE_UCX := $(shell pkg-config --exists ucx 2>/dev/null && echo 1)
+ifeq ($(HAVE_UCX),1)
+PKGS    += ucx
+UCX_DEF := -DPDSERVE_HAVE_UCX
+endif
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
-CPPFLAGS_ALL := -Isrc -D_GNU_SOURCE -DPDSERVE_SRCDIR='"$(CURDIR)"' $(shell pkg-config --cflags $(PKGS))
+CPPFLAGS_ALL := -Isrc -D_GNU_SOURCE -DPDSERVE_SRCDIR='"$(CURDIR)"' $(UCX_DEF) $(shell pkg-config --cflags $(PKGS))
 CFLAGS_ALL := -std=c11 $(OPT) -g $(WARN) -pthread -fno-strict-aliasing $(SAN) $(CFLAGS)
 LDLIBS_ALL := $(shell pkg-config --libs $(PKGS)) -lm -pthread $(SAN)
 

@@ -62,7 +62,7 @@ static void usage(FILE *f)
 		"  --log-level debug|info|warning|error\n"
 		"  --tp N, --dp N                 only 1 for now\n"
 		"  --disaggregation-mode null|prefill|decode   PD disaggregation role (default null: unified)\n"
-		"  --disaggregation-transfer-backend tcp|shm|fake   KV transfer (default tcp; mooncake/nixl: not yet)\n"
+		"  --disaggregation-transfer-backend tcp|shm|ucx|fake   KV transfer (default tcp; mooncake/nixl = ucx)\n"
 		"  --disaggregation-bootstrap-port N   prefill: bootstrap service port (default 8998)\n"
 		"  --disaggregation-ib-device DEV      RDMA devices (UCX backend; ignored by tcp/shm)\n"
 		"  --num-reserved-decode-tokens N      decode: KV reserved beyond the prompt (default 512)\n"
@@ -214,7 +214,7 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		fprintf(stderr, "pdserve server: %s\n", err);
 		return 2;
 	}
-	if (o->ib_device && b != XFER_FAKE)
+	if (o->ib_device && b != XFER_UCX)
 		LOGI("server", "--disaggregation-ib-device %s: ignored by the %s backend (it selects RDMA devices for UCX)",
 		     o->ib_device, o->backend);
 	return 0;
@@ -340,7 +340,8 @@ int cmd_server(int argc, char **argv)
 		xfer_config xc = { .role = !strcmp(o.disagg, "prefill") ? XFER_PREFILL : XFER_DECODE,
 				   .backend = backend,
 				   .host = o.host,
-				   .bootstrap_port = (int)o.bootstrap_port };
+				   .bootstrap_port = (int)o.bootstrap_port,
+				   .ib_devices = o.ib_device };
 		xf = xfer_create(&xc, err);
 		if (!xf) {
 			fprintf(stderr, "pdserve server: %s\n", err);
@@ -389,6 +390,10 @@ int cmd_server(int argc, char **argv)
 		ec.kv_import_cancel = xfer_on_import_cancel;
 		ec.pd_arg = xf;
 		ec.kv_shared = backend == XFER_SHM && !strcmp(o.disagg, "decode");
+		if (backend == XFER_UCX && !strcmp(o.disagg, "decode")) {
+			ec.kv_alloc = xfer_kv_alloc; /* the pool is UCX memory, one-sided for the prefill */
+			ec.kv_release = xfer_kv_release;
+		}
 	}
 	engine *e = engine_create(&ec, err);
 	if (!e) {

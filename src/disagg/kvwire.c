@@ -23,7 +23,7 @@ static double getf64(const uint8_t *p) { uint64_t u = get64(p); double d; memcpy
 const char *kvw_type_name(int type)
 {
 	static const char *names[] = { "?", "HELLO", "HELLO_OK", "REJECT", "SHM_ATTACH", "ROOM_DEST", "KV_DATA",
-				       "KV_WRITTEN", "AUX", "ROOM_FAIL", "ROOM_FAIL_ACK", "PING", "PONG" };
+				       "KV_WRITTEN", "AUX", "ROOM_FAIL", "ROOM_FAIL_ACK", "PING", "PONG", "UCX_INFO" };
 	return type >= 1 && type <= KVW_TYPE_MAX ? names[type] : "?";
 }
 
@@ -61,7 +61,7 @@ int kvw_hdr_decode(const uint8_t in[KVW_HDR], kvw_hdr *h, char err[ERR_LEN])
 
 size_t kvw_hello_size(const kvw_hello *h)
 {
-	return 8 + LAYOUT_BYTES + 8 + 2 + strlen(h->shm_path);
+	return 8 + LAYOUT_BYTES + 8 + 2 + strlen(h->shm_path) + 4;
 }
 
 size_t kvw_hello_encode(uint8_t *out, const kvw_hello *h, int with_host)
@@ -80,7 +80,8 @@ size_t kvw_hello_encode(uint8_t *out, const kvw_hello *h, int with_host)
 	size_t n = strlen(h->shm_path);
 	put16(out + 44, (uint16_t)n);
 	memcpy(out + 46, h->shm_path, n);
-	return 46 + n;
+	put32(out + 46 + n, h->pid);
+	return 50 + n;
 }
 
 int kvw_hello_decode(const uint8_t *p, size_t len, int with_host, kvw_hello *h, char err[ERR_LEN])
@@ -99,14 +100,15 @@ int kvw_hello_decode(const uint8_t *p, size_t len, int with_host, kvw_hello *h, 
 	h->layout.dtype = get32(p + 32);
 	if (!with_host)
 		return 0;
-	if (len < 46)
+	if (len < 50)
 		return err_set(err, ERR_PROTO, "%s: payload of %zu bytes", what, len);
 	h->host_id = get64(p + 36);
 	size_t n = get16(p + 44);
-	if (n >= KVW_MAX_PATH || 46 + n != len)
+	if (n >= KVW_MAX_PATH || 50 + n != len)
 		return err_set(err, ERR_PROTO, "%s: socket path of %zu bytes in a payload of %zu", what, n, len);
 	memcpy(h->shm_path, p + 46, n);
 	h->shm_path[n] = '\0';
+	h->pid = get32(p + 46 + n);
 	if (memchr(h->shm_path, '\0', n))
 		return err_set(err, ERR_PROTO, "%s: socket path holds a NUL byte", what);
 	return 0;
@@ -150,6 +152,42 @@ int kvw_shm_attach_decode(const uint8_t *p, size_t len, kvw_shm_attach *a, char 
 	if (!a->page_bytes || !a->n_pages || a->page_bytes * a->n_pages != a->layer_bytes ||
 	    a->layer_bytes > a->pool_bytes || a->pool_bytes % a->layer_bytes)
 		return err_set(err, ERR_PROTO, "SHM_ATTACH: inconsistent pool geometry");
+	return 0;
+}
+
+/* ---- ucx info --------------------------------------------------------------- */
+
+#define UCX_FIXED 44 /* u64 base + 28 geometry + u32 addr_len + u32 rkey_len */
+
+size_t kvw_ucx_info_size(const kvw_ucx_info *u)
+{
+	return UCX_FIXED + (size_t)u->addr_len + (size_t)u->rkey_len;
+}
+
+size_t kvw_ucx_info_encode(uint8_t *out, const kvw_ucx_info *u)
+{
+	put64(out, u->base);
+	kvw_shm_attach_encode(out + 8, &u->geo);
+	put32(out + 36, u->addr_len);
+	put32(out + 40, u->rkey_len);
+	memcpy(out + UCX_FIXED, u->addr, u->addr_len);
+	memcpy(out + UCX_FIXED + u->addr_len, u->rkey, u->rkey_len);
+	return kvw_ucx_info_size(u);
+}
+
+int kvw_ucx_info_decode(const uint8_t *p, size_t len, kvw_ucx_info *u, char err[ERR_LEN])
+{
+	if (len < UCX_FIXED)
+		return err_set(err, ERR_PROTO, "UCX_INFO: payload of %zu bytes", len);
+	u->base = get64(p);
+	if (kvw_shm_attach_decode(p + 8, 28, &u->geo, err) < 0)
+		return ERR_PROTO;
+	u->addr_len = get32(p + 36);
+	u->rkey_len = get32(p + 40);
+	if (!u->addr_len || !u->rkey_len || (uint64_t)UCX_FIXED + u->addr_len + u->rkey_len != len)
+		return err_set(err, ERR_PROTO, "UCX_INFO: blobs of %u + %u bytes in %zu", u->addr_len, u->rkey_len, len);
+	u->addr = p + UCX_FIXED;
+	u->rkey = p + UCX_FIXED + u->addr_len;
 	return 0;
 }
 

@@ -33,10 +33,11 @@ typedef enum {
 	KVW_ROOM_FAIL_ACK = 10,
 	KVW_PING = 11,
 	KVW_PONG = 12,
-	KVW_TYPE_MAX = 12,
+	KVW_UCX_INFO = 13,
+	KVW_TYPE_MAX = 13,
 } kvw_type;
 
-typedef enum { KVW_BACKEND_TCP = 1, KVW_BACKEND_SHM = 2 } kvw_backend;
+typedef enum { KVW_BACKEND_TCP = 1, KVW_BACKEND_SHM = 2, KVW_BACKEND_UCX = 3 } kvw_backend;
 
 typedef struct {
 	uint16_t type;
@@ -55,12 +56,24 @@ typedef struct {
 	kvw_layout layout;
 	uint64_t host_id;         /* HELLO_OK only */
 	char shm_path[KVW_MAX_PATH]; /* HELLO_OK only, "" if none */
+	uint32_t pid;             /* HELLO_OK only: the prefill's process id (same-host safety checks) */
 } kvw_hello;
 
 typedef struct {
 	uint64_t pool_bytes, layer_bytes, page_bytes;
 	uint32_t n_pages;
 } kvw_shm_attach;
+
+/* UCX_INFO (decode -> prefill, ucx backend): where and how to put. */
+typedef struct {
+	uint64_t base;            /* remote address of the pool */
+	kvw_shm_attach geo;       /* pool geometry, as for shm */
+	const uint8_t *addr;      /* worker address blob (points into the payload) */
+	uint32_t addr_len;
+	const uint8_t *rkey;      /* packed rkey blob (points into the payload) */
+	uint32_t rkey_len;
+} kvw_ucx_info;
+
 
 typedef struct {
 	uint32_t first_token;
@@ -85,6 +98,9 @@ size_t kvw_shm_attach_encode(uint8_t out[28], const kvw_shm_attach *a);
 size_t kvw_room_dest_size(uint32_t n_pages);
 size_t kvw_room_dest_encode(uint8_t *out, uint32_t n_prompt, const int32_t *pages, uint32_t n_pages);
 size_t kvw_range_encode(uint8_t out[8], uint32_t first, uint32_t n); /* KV_DATA prefix, KV_WRITTEN */
+size_t kvw_ucx_info_size(const kvw_ucx_info *u);
+size_t kvw_ucx_info_encode(uint8_t *out, const kvw_ucx_info *u);
+int kvw_ucx_info_decode(const uint8_t *p, size_t len, kvw_ucx_info *u, char err[ERR_LEN]);
 size_t kvw_aux_size(const kvw_aux *a);
 size_t kvw_aux_encode(uint8_t *out, const kvw_aux *a);
 

@@ -70,6 +70,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "disagg/kvwire.h"
+#include "disagg/ucx.h"
 #include "engine/kvcache.h"
 #include "model/gguf.h"
 
@@ -139,8 +140,11 @@ typedef struct conn {
 	uint8_t *map;
 	size_t map_bytes;
 	kvw_shm_attach att;
-	/* decode side, shm: who writes into our pool */
+	/* decode side, shm/ucx: who writes into our pool */
 	pid_t peer_pid;
+	/* prefill side, ucx: the endpoint into the decode's pool */
+	ucx_peer *up;
+	bool peer_closed; /* EOF from the peer: it has stopped (or died) */
 } conn;
 
 typedef enum { RS_BOOT, RS_WAITING, RS_TRANSFER, RS_SUCCESS, RS_FAILED, RS_CANCELLING } rstate;
@@ -197,6 +201,9 @@ struct xfer {
 	uint64_t host_id;
 	size_t page_bytes, layer_bytes;
 	int n_layer;
+	ucx *ux;           /* ucx backend */
+	ucx_mem *pool_mem; /* ucx: our KV pool (decode: allocated, prefill: registered) */
+	int ucx_inflight;  /* ucx batches awaiting their flush */
 	int listen_fd, unix_fd, port;
 	char unix_path[KVW_MAX_PATH];
 	int wake_fd;
@@ -235,7 +242,24 @@ static double env_or(const char *name, double dflt)
 
 const char *xfer_backend_name(xfer_backend b)
 {
-	return b == XFER_TCP ? "tcp" : b == XFER_SHM ? "shm" : b == XFER_FAKE ? "fake" : "?";
+	return b == XFER_TCP ? "tcp" : b == XFER_SHM ? "shm" : b == XFER_FAKE ? "fake" : b == XFER_UCX ? "ucx" : "?";
+}
+
+static uint32_t wire_backend(xfer_backend b)
+{
+	return b == XFER_SHM ? KVW_BACKEND_SHM : b == XFER_UCX ? KVW_BACKEND_UCX : KVW_BACKEND_TCP;
+}
+
+static const char *wire_name(uint32_t b)
+{
+	return b == KVW_BACKEND_SHM ? "shm" : b == KVW_BACKEND_UCX ? "ucx" : "tcp";
+}
+
+/* The prefill writes into the decode's memory itself (shm, ucx): freeing a
+   room's pages needs its word (or its death). */
+static bool one_sided(const xfer *x)
+{
+	return x->cfg.backend == XFER_SHM || x->cfg.backend == XFER_UCX;
 }
 
 int xfer_backend_parse(const char *name, xfer_backend *out, char err[ERR_LEN])
@@ -246,13 +270,18 @@ int xfer_backend_parse(const char *name, xfer_backend *out, char err[ERR_LEN])
 		*out = XFER_SHM;
 	else if (!strcmp(name, "fake"))
 		*out = XFER_FAKE;
-	else if (!strcmp(name, "mooncake") || !strcmp(name, "nixl") || !strcmp(name, "ucx"))
-		return err_set(err, ERR_UNSUPPORTED,
-			       "--disaggregation-transfer-backend %s: the RDMA-capable (UCX) backend is not built yet; "
-			       "available: tcp, shm, fake",
-			       name);
+	else if (!strcmp(name, "mooncake") || !strcmp(name, "nixl") || !strcmp(name, "ucx")) {
+		if (!ucx_available())
+			return err_set(err, ERR_UNSUPPORTED,
+				       "--disaggregation-transfer-backend %s: this build has no UCX (install libucx-dev and "
+				       "rebuild); available: tcp, shm, fake",
+				       name);
+		if (strcmp(name, "ucx"))
+			LOGI(TAG, "--disaggregation-transfer-backend %s: served by the UCX backend (RDMA where present)", name);
+		*out = XFER_UCX;
+	}
 	else
-		return err_set(err, ERR_INVAL, "--disaggregation-transfer-backend %s: unknown (tcp, shm, fake)", name);
+		return err_set(err, ERR_INVAL, "--disaggregation-transfer-backend %s: unknown (tcp, shm, ucx, fake)", name);
 	return 0;
 }
 
@@ -515,13 +544,20 @@ static void conn_kill(xfer *x, conn *c, const char *why)
 		return;
 	LOGW(TAG, "connection %s closed: %s", c->peer, why);
 	c->st = CS_DEAD;
+	if (c->up) {
+		ucx_peer_close(c->up); /* pending flushes complete (with errors) in here */
+		c->up = NULL;
+	}
 	for (int i = x->n_rooms - 1; i >= 0; i--) {
 		room *r = x->rooms[i];
 		if (r->c != c)
 			continue;
 		char msg[200];
 		snprintf(msg, sizeof(msg), "%s %s: %s", x->cfg.role == XFER_DECODE ? "prefill" : "decode", c->peer, why);
-		if (x->cfg.role == XFER_DECODE && c->is_unix && r->dest_sent && c->peer_pid > 0 &&
+		/* The peer closing the connection means it writes no more (a prefill
+		   stops writing for a connection before closing it, and a dead one
+		   cannot); when we give up on a silent peer it may still be writing. */
+		if (x->cfg.role == XFER_DECODE && one_sided(x) && !c->peer_closed && r->dest_sent && c->peer_pid > 0 &&
 		    !(kill(c->peer_pid, 0) < 0 && errno == ESRCH)) {
 			/* the prefill process may still write into these pages: hold them */
 			r->c = NULL;
@@ -554,6 +590,8 @@ static void conn_free(xfer *x, conn *c)
 		close(c->rx_fd);
 	if (c->map)
 		munmap(c->map, c->map_bytes);
+	if (c->up)
+		ucx_peer_close(c->up);
 	alloc_free(c->pay);
 	alloc_free(c);
 	pthread_mutex_lock(&x->mu);
@@ -641,11 +679,35 @@ static void send_hello(xfer *x, conn *c)
 	kvw_hello h;
 	memset(&h, 0, sizeof(h));
 	h.proto = KVW_VERSION;
-	h.backend = x->cfg.backend == XFER_SHM ? KVW_BACKEND_SHM : KVW_BACKEND_TCP;
+	h.backend = wire_backend(x->cfg.backend);
 	h.layout = x->layout;
 	uint8_t buf[64];
 	size_t n = kvw_hello_encode(buf, &h, 0);
 	send_frame(c, KVW_HELLO, 0, buf, n, -1);
+	if (x->cfg.backend == XFER_UCX) {
+		kvw_ucx_info u;
+		memset(&u, 0, sizeof(u));
+		const void *blob;
+		size_t len;
+		u.base = (uint64_t)(uintptr_t)kvcache_base(x->kc);
+		u.geo = (kvw_shm_attach){ .pool_bytes = kvcache_bytes(x->kc), .layer_bytes = x->layer_bytes,
+					  .page_bytes = x->page_bytes, .n_pages = (uint32_t)kvcache_n_pages(x->kc) };
+		ucx_worker_address(x->ux, &blob, &len);
+		u.addr = blob;
+		u.addr_len = (uint32_t)len;
+		ucx_rkey(x->ux, x->pool_mem, &blob, &len);
+		u.rkey = blob;
+		u.rkey_len = (uint32_t)len;
+		size_t total = kvw_ucx_info_size(&u);
+		uint8_t *p = alloc_bytes(total);
+		if (!p) {
+			conn_kill(x, c, "out of memory");
+			return;
+		}
+		kvw_ucx_info_encode(p, &u);
+		send_frame(c, KVW_UCX_INFO, 0, p, total, -1);
+		alloc_free(p);
+	}
 	if (c->is_unix) {
 		kvw_shm_attach a = { .pool_bytes = kvcache_bytes(x->kc), .layer_bytes = x->layer_bytes,
 				     .page_bytes = x->page_bytes, .n_pages = (uint32_t)kvcache_n_pages(x->kc) };
@@ -712,14 +774,16 @@ static void on_hello_ok(xfer *x, conn *c, const uint8_t *p, size_t len)
 		conn_kill(x, c, why);
 		return;
 	}
-	uint32_t want = x->cfg.backend == XFER_SHM ? KVW_BACKEND_SHM : KVW_BACKEND_TCP;
+	uint32_t want = wire_backend(x->cfg.backend);
 	if (h.backend != want) {
-		snprintf(why, sizeof(why), "transfer backend: prefill %s, decode %s",
-			 h.backend == KVW_BACKEND_SHM ? "shm" : "tcp", xfer_backend_name(x->cfg.backend));
+		snprintf(why, sizeof(why), "transfer backend: prefill %s, decode %s", wire_name(h.backend),
+			 xfer_backend_name(x->cfg.backend));
 		conn_kill(x, c, why);
 		return;
 	}
-	if (want == KVW_BACKEND_TCP || c->is_unix) {
+	if (want == KVW_BACKEND_UCX && h.host_id == x->host_id)
+		c->peer_pid = (pid_t)h.pid; /* same host: we can tell when the writer is gone */
+	if (want != KVW_BACKEND_SHM || c->is_unix) {
 		conn_ready(x, c);
 		return;
 	}
@@ -890,21 +954,21 @@ static void on_hello(xfer *x, conn *c, const uint8_t *p, size_t len)
 		conn_kill(x, c, err);
 		return;
 	}
-	uint32_t mine = x->cfg.backend == XFER_SHM ? KVW_BACKEND_SHM : KVW_BACKEND_TCP;
+	uint32_t mine = wire_backend(x->cfg.backend);
 	why[0] = '\0';
 	if (kvw_layout_diff(&x->layout, &h.layout, err) < 0)
 		snprintf(why, sizeof(why), "KV layout mismatch: %s", err);
 	else if (h.backend != mine)
 		snprintf(why, sizeof(why), "transfer backend: prefill %s, decode %s", xfer_backend_name(x->cfg.backend),
-			 h.backend == KVW_BACKEND_SHM ? "shm" : "tcp");
+			 wire_name(h.backend));
 	if (why[0]) {
 		LOGW(TAG, "refusing decode %s: %s", c->peer, why);
 		send_text(c, KVW_REJECT, 0, why);
 		c->st = CS_CLOSING;
 		return;
 	}
-	if (c->is_unix) {
-		c->st = CS_ATTACH; /* HELLO_OK once its pool is mapped */
+	if (c->is_unix || mine == KVW_BACKEND_UCX) {
+		c->st = CS_ATTACH; /* HELLO_OK once its pool is mapped (shm) or reachable (ucx) */
 		return;
 	}
 	kvw_hello ok;
@@ -913,6 +977,7 @@ static void on_hello(xfer *x, conn *c, const uint8_t *p, size_t len)
 	ok.backend = mine;
 	ok.layout = x->layout;
 	ok.host_id = x->host_id;
+	ok.pid = (uint32_t)getpid();
 	snprintf(ok.shm_path, sizeof(ok.shm_path), "%s", x->unix_path);
 	uint8_t buf[256];
 	size_t n = kvw_hello_encode(buf, &ok, 1);
@@ -950,11 +1015,111 @@ static void on_shm_attach(xfer *x, conn *c, const uint8_t *p, size_t len)
 	ok.backend = KVW_BACKEND_SHM;
 	ok.layout = x->layout;
 	ok.host_id = x->host_id;
+	ok.pid = (uint32_t)getpid();
 	uint8_t buf[256];
 	size_t n = kvw_hello_encode(buf, &ok, 1);
 	send_frame(c, KVW_HELLO_OK, 0, buf, n, -1);
 	c->st = CS_READY;
 	LOGI(TAG, "decode %s attached its KV pool (%.1f MiB) over shm", c->peer, (double)a.pool_bytes / 1048576.0);
+}
+
+static void on_ucx_info(xfer *x, conn *c, const uint8_t *p, size_t len)
+{
+	char err[ERR_LEN];
+	kvw_ucx_info u;
+	if (c->st != CS_ATTACH || x->cfg.backend != XFER_UCX || kvw_ucx_info_decode(p, len, &u, err) < 0) {
+		conn_kill(x, c, c->st != CS_ATTACH || x->cfg.backend != XFER_UCX ? "UCX_INFO out of order" : err);
+		return;
+	}
+	if (u.geo.page_bytes != x->page_bytes || u.geo.pool_bytes != u.geo.layer_bytes * 2 * (uint64_t)x->n_layer) {
+		conn_kill(x, c, "UCX_INFO: the decode's pool does not match our layout");
+		return;
+	}
+	c->up = ucx_connect(x->ux, u.addr, u.addr_len, u.rkey, u.rkey_len, u.base, u.geo.pool_bytes, err);
+	if (!c->up) {
+		conn_kill(x, c, err);
+		return;
+	}
+	c->att = u.geo;
+	kvw_hello ok;
+	memset(&ok, 0, sizeof(ok));
+	ok.proto = KVW_VERSION;
+	ok.backend = KVW_BACKEND_UCX;
+	ok.layout = x->layout;
+	ok.host_id = x->host_id;
+	ok.pid = (uint32_t)getpid();
+	uint8_t buf[256];
+	size_t n = kvw_hello_encode(buf, &ok, 1);
+	send_frame(c, KVW_HELLO_OK, 0, buf, n, -1);
+	c->st = CS_READY;
+	LOGI(TAG, "decode %s: UCX endpoint to its KV pool (%.1f MiB)", c->peer, (double)u.geo.pool_bytes / 1048576.0);
+}
+
+/* A UCX batch in flight: what to do once its puts have landed. */
+typedef struct {
+	xfer *x;
+	conn *c;
+	uint64_t room;
+	uint32_t first, n;
+	int32_t *pages; /* engine references to give back */
+	int n_pages;
+	bool has_aux;
+	kvw_aux aux;
+	bool ack_only;  /* a ROOM_FAIL_ACK waiting for earlier puts */
+} ucx_batch;
+
+static void ucx_batch_done(void *arg, int status)
+{
+	ucx_batch *b = arg;
+	xfer *x = b->x;
+	x->ucx_inflight--;
+	if (b->n_pages)
+		engine_release_pages(x->eng, b->pages, b->n_pages);
+	if (b->c->st != CS_DEAD) {
+		if (b->ack_only) {
+			send_frame(b->c, KVW_ROOM_FAIL_ACK, b->room, NULL, 0, -1);
+		} else if (status < 0) {
+			room *r = room_by_id(x, b->room);
+			if (r)
+				fail_room(x, r, "UCX put failed");
+			else
+				send_text(b->c, KVW_ROOM_FAIL, b->room, "UCX put failed");
+		} else {
+			uint8_t rg[8];
+			kvw_range_encode(rg, b->first, b->n);
+			if (b->n)
+				send_frame(b->c, KVW_KV_WRITTEN, b->room, rg, 8, -1);
+			if (b->has_aux) {
+				uint8_t buf[48 + 8 * SAMPLER_MAX_TOP_LOGPROBS];
+				size_t n = kvw_aux_encode(buf, &b->aux);
+				send_frame(b->c, KVW_AUX, b->room, buf, n, -1);
+			}
+		}
+	}
+	alloc_free(b->pages);
+	alloc_free(b);
+}
+
+/* Put pages[i] -> dest[first+i] for every layer, K and V, merging runs of
+   consecutive pages on both sides into one put per segment. */
+static int ucx_put_pages(xfer *x, conn *c, const room *r, uint32_t first, const int32_t *pages, int n)
+{
+	const uint8_t *base = kvcache_base(x->kc);
+	int per_page = 2 * x->n_layer;
+	for (int i = 0; i < n;) {
+		int run = 1;
+		while (i + run < n && pages[i + run] == pages[i] + run && r->dest[first + i + run] == r->dest[first + i] + run)
+			run++;
+		for (int s = 0; s < per_page; s++) {
+			const uint8_t *src = base + (size_t)s * x->layer_bytes + (size_t)pages[i] * x->page_bytes;
+			uint64_t off = (uint64_t)s * c->att.layer_bytes + (uint64_t)r->dest[first + i] * x->page_bytes;
+			int rc = ucx_put(c->up, src, x->pool_mem, off, (size_t)run * x->page_bytes);
+			if (rc < 0)
+				return rc;
+		}
+		i += run;
+	}
+	return 0;
 }
 
 /* An export batch from the engine (prefill side). */
@@ -987,6 +1152,45 @@ static void do_export(xfer *x, cmd *cm)
 		r->st = RS_TRANSFER;
 	size_t seg_bytes = x->page_bytes;
 	int per_page = 2 * x->n_layer;
+	if (x->cfg.backend == XFER_UCX) {
+		uint64_t bytes = (uint64_t)cm->n_pages * (uint64_t)per_page * seg_bytes;
+		ucx_batch *b = alloc_zeroed(1, sizeof(*b));
+		if (!b || (cm->n_pages && ucx_put_pages(x, c, r, (uint32_t)ex->first, cm->pages, cm->n_pages) < 0)) {
+			alloc_free(b);
+			engine_release_pages(x->eng, cm->pages, cm->n_pages);
+			fail_room(x, r, !b ? "prefill out of memory" : "UCX put failed");
+			return;
+		}
+		r->bytes += bytes;
+		b->x = x;
+		b->c = c;
+		b->room = r->room;
+		b->first = (uint32_t)ex->first;
+		b->n = (uint32_t)cm->n_pages;
+		b->pages = cm->pages; /* given back once the puts landed */
+		b->n_pages = cm->n_pages;
+		cm->pages = NULL;
+		cm->n_pages = 0;
+		if (ex->last) {
+			b->has_aux = true;
+			b->aux.first_token = (uint32_t)ex->first_token;
+			b->aux.logprob = ex->logprob;
+			b->aux.cached_tokens = (uint32_t)ex->cached_tokens;
+			b->aux.n_prompt = (uint32_t)ex->n_prompt;
+			b->aux.queue_s = ex->queue_s;
+			b->aux.compute_s = ex->compute_s;
+			b->aux.bytes = r->bytes;
+			b->aux.n_top = (uint32_t)ex->n_top;
+			memcpy(b->aux.top, ex->top, sizeof(sampler_logprob) * (size_t)ex->n_top);
+			stats_add(x, 1, 0, r->bytes, clock_now_s() - r->t_dest);
+			r->st = RS_SUCCESS;
+			room_free(x, r);
+		}
+		x->ucx_inflight++;
+		if (ucx_flush(c->up, ucx_batch_done, b) < 0)
+			ucx_batch_done(b, ERR_NOMEM);
+		return;
+	}
 	if (cm->n_pages > 0) {
 		uint64_t bytes = (uint64_t)cm->n_pages * (uint64_t)per_page * seg_bytes;
 		if (x->cfg.backend == XFER_SHM) {
@@ -1083,6 +1287,11 @@ static void on_frame(xfer *x, conn *c, const kvw_hdr *h, const uint8_t *p, size_
 			goto unexpected;
 		on_shm_attach(x, c, p, len);
 		return;
+	case KVW_UCX_INFO:
+		if (!prefill)
+			goto unexpected;
+		on_ucx_info(x, c, p, len);
+		return;
 	case KVW_HELLO_OK:
 		if (prefill || c->st != CS_HELLO)
 			goto unexpected;
@@ -1132,7 +1341,21 @@ static void on_frame(xfer *x, conn *c, const kvw_hdr *h, const uint8_t *p, size_
 				r->have_dest = false; /* no ROOM_FAIL back */
 				fail_room(x, r, why);
 			}
-			send_frame(c, KVW_ROOM_FAIL_ACK, h->room, NULL, 0, -1);
+			if (c->up) {
+				/* puts already issued may still land: ACK once they have */
+				ucx_batch *b = alloc_zeroed(1, sizeof(*b));
+				if (b) {
+					b->x = x;
+					b->c = c;
+					b->room = h->room;
+					b->ack_only = true;
+					x->ucx_inflight++;
+					if (ucx_flush(c->up, ucx_batch_done, b) < 0)
+						ucx_batch_done(b, 0);
+				}
+			} else {
+				send_frame(c, KVW_ROOM_FAIL_ACK, h->room, NULL, 0, -1);
+			}
 		} else if (r && r->c == c) {
 			if (r->st == RS_CANCELLING) {
 				engine_import_fail(x->eng, r->rid, "aborted");
@@ -1343,6 +1566,7 @@ static void conn_rx(xfer *x, conn *c)
 			}
 		}
 		if (r == 0) {
+			c->peer_closed = true;
 			conn_kill(x, c, "peer closed the connection");
 			return;
 		}
@@ -1466,7 +1690,7 @@ static void do_cmd(xfer *x, cmd *cm)
 			break;
 		}
 		send_text(r->c, KVW_ROOM_FAIL, r->room, "aborted by the client");
-		if (x->cfg.backend == XFER_SHM) {
+		if (one_sided(x)) {
 			r->st = RS_CANCELLING; /* the prefill writes into our pool: wait for its ACK */
 			r->deadline = clock_now_s() + x->cfg.heartbeat_interval * x->cfg.heartbeat_max_failure;
 		} else {
@@ -1546,7 +1770,7 @@ static void tick(xfer *x)
 		} else {
 			snprintf(msg, sizeof(msg), "waiting timeout: KV from prefill %s did not arrive within %.0f s", r->key,
 				 x->cfg.waiting_timeout);
-			if (x->cfg.backend == XFER_SHM && r->c && r->c->st != CS_DEAD) {
+			if (one_sided(x) && r->c && r->c->st != CS_DEAD) {
 				send_text(r->c, KVW_ROOM_FAIL, r->room, msg);
 				r->st = RS_CANCELLING;
 				r->deadline = now + dead_after;
@@ -1621,7 +1845,7 @@ static void *thread_main(void *arg)
 		pthread_mutex_unlock(&x->mu);
 		if (stop)
 			break;
-		int need = 3 + x->n_conns;
+		int need = 4 + x->n_conns;
 		if (need > cap) {
 			struct pollfd *np = alloc_resize_array(pfd, (size_t)need * 2, sizeof(struct pollfd));
 			if (np) {
@@ -1633,6 +1857,7 @@ static void *thread_main(void *arg)
 		pfd[n++] = (struct pollfd){ .fd = x->wake_fd, .events = POLLIN };
 		pfd[n++] = (struct pollfd){ .fd = x->listen_fd, .events = POLLIN };
 		pfd[n++] = (struct pollfd){ .fd = x->unix_fd, .events = POLLIN };
+		pfd[n++] = (struct pollfd){ .fd = x->ux ? ucx_event_fd(x->ux) : -1, .events = POLLIN };
 		int base = n;
 		for (int i = 0; i < x->n_conns && n < cap; i++) {
 			conn *c = x->conns[i];
@@ -1641,9 +1866,11 @@ static void *thread_main(void *arg)
 				ev |= POLLOUT;
 			pfd[n++] = (struct pollfd){ .fd = c->fd, .events = ev };
 		}
-		int rc = poll(pfd, (nfds_t)n, 100);
+		int rc = poll(pfd, (nfds_t)n, x->ucx_inflight ? 1 : 100);
 		if (rc < 0 && errno != EINTR)
 			break;
+		if (x->ux)
+			ucx_progress(x->ux);
 		if (pfd[0].revents)
 			drain_cmds(x);
 		if (pfd[1].revents && x->listen_fd >= 0)
@@ -1754,6 +1981,12 @@ xfer *xfer_create(const xfer_config *cfg, char err[ERR_LEN])
 		err_set(err, ERR_NOMEM, "out of memory");
 		goto fail;
 	}
+	if (cfg->backend == XFER_UCX) {
+		x->ux = ucx_create(cfg->ib_devices, err);
+		if (!x->ux)
+			goto fail;
+		LOGI(TAG, "%s", ucx_describe(x->ux));
+	}
 	if (cfg->role == XFER_PREFILL) {
 		int fd = listen_tcp(x->cfg.host, cfg->bootstrap_port, &x->port, err);
 		if (fd < 0)
@@ -1795,6 +2028,11 @@ void xfer_attach(xfer *x, engine *e)
 	x->layout.head_dim = (uint32_t)hp->head_dim;
 	x->layout.page_size = (uint32_t)kvcache_page_size(x->kc);
 	x->layout.dtype = (uint32_t)kvcache_view(x->kc)->dtype;
+	if (x->ux && x->cfg.role == XFER_PREFILL) {
+		char err[ERR_LEN];
+		if (ucx_register(x->ux, kvcache_base(x->kc), kvcache_bytes(x->kc), &x->pool_mem, err) < 0)
+			LOGW(TAG, "UCX cannot register the KV pool (%s); puts go through bounce buffers", err);
+	}
 	x->scratch = alloc_bytes(x->page_bytes);
 	if (!x->scratch)
 		CHECK(!"out of memory for the transfer scratch page");
@@ -1844,6 +2082,9 @@ void xfer_destroy(xfer *x)
 		alloc_free(cm->pages);
 		alloc_free(cm);
 	}
+	if (x->pool_mem && x->cfg.role == XFER_PREFILL)
+		ucx_mem_release(x->ux, x->pool_mem);
+	ucx_destroy(x->ux);
 	if (x->listen_fd >= 0)
 		close(x->listen_fd);
 	if (x->unix_fd >= 0)
@@ -1864,6 +2105,32 @@ void xfer_destroy(xfer *x)
 int xfer_bootstrap_port(const xfer *x)
 {
 	return x->port;
+}
+
+void *xfer_kv_alloc(void *arg, size_t bytes)
+{
+	xfer *x = arg;
+	char err[ERR_LEN];
+	if (!x->ux)
+		return NULL;
+	void *p = ucx_alloc(x->ux, bytes, &x->pool_mem, err);
+	if (!p)
+		LOGE(TAG, "%s", err);
+	return p;
+}
+
+void xfer_kv_release(void *arg, void *p, size_t bytes)
+{
+	xfer *x = arg;
+	(void)p;
+	(void)bytes;
+	ucx_mem_release(x->ux, x->pool_mem);
+	x->pool_mem = NULL;
+}
+
+const char *xfer_describe(const xfer *x)
+{
+	return x->ux ? ucx_describe(x->ux) : xfer_backend_name(x->cfg.backend);
 }
 
 static int queue_cmd(xfer *x, cmd *cm)

@@ -25,7 +25,7 @@
 #include "engine/engine.h"
 
 typedef enum { XFER_PREFILL, XFER_DECODE } xfer_role;
-typedef enum { XFER_TCP = 1, XFER_SHM = 2, XFER_FAKE = 3 } xfer_backend;
+typedef enum { XFER_TCP = 1, XFER_SHM = 2, XFER_FAKE = 3, XFER_UCX = 4 } xfer_backend;
 
 typedef struct {
 	xfer_role role;
@@ -36,6 +36,7 @@ typedef struct {
 	double waiting_timeout;    /* 0 = $SGLANG_DISAGGREGATION_WAITING_TIMEOUT or 300 */
 	double heartbeat_interval; /* 0 = $SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL or 5 */
 	int heartbeat_max_failure; /* 0 = $SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE or 2 */
+	const char *ib_devices;    /* ucx: --disaggregation-ib-device, or NULL */
 } xfer_config;
 
 typedef struct xfer xfer;
@@ -55,9 +56,17 @@ void xfer_destroy(xfer *x);
 
 int xfer_bootstrap_port(const xfer *x);
 const char *xfer_backend_name(xfer_backend b);
-/* "tcp" | "shm" | "fake" -> backend; "mooncake" / "nixl" -> ERR_UNSUPPORTED
-   with a message naming what exists; anything else ERR_INVAL. */
+/* "tcp" | "shm" | "fake" | "ucx" -> backend; "mooncake" / "nixl" select ucx
+   (logged); ucx names in a build without UCX -> ERR_UNSUPPORTED naming what
+   exists; anything else ERR_INVAL. */
 int xfer_backend_parse(const char *name, xfer_backend *out, char err[ERR_LEN]);
+
+/* ucx, decode side: the KV pool comes from UCX (engine_config.kv_alloc /
+   kv_release with pd_arg = the xfer). */
+void *xfer_kv_alloc(void *arg, size_t bytes);
+void xfer_kv_release(void *arg, void *p, size_t bytes);
+/* One line describing the transport (UCX: version, TLS, devices). */
+const char *xfer_describe(const xfer *x);
 
 /* Engine hooks (run on the engine's scheduler thread; they only queue). */
 void xfer_on_export(void *arg, const engine_kv_export *ex);

@@ -1172,7 +1172,10 @@ engine *engine_create(const engine_config *cfg_in, char err[ERR_LEN])
 	e->max_total_tokens = tokens;
 	kvcache_config kcfg = { .dtype = cfg.kv_dtype, .page_size = cfg.page_size,
 				.n_pages = (int)((tokens + cfg.page_size - 1) / cfg.page_size),
-				.shared = cfg.kv_shared };
+				.shared = cfg.kv_shared,
+				.alloc = cfg.kv_alloc,
+				.release = cfg.kv_release,
+				.alloc_arg = cfg.pd_arg };
 	if (!(e->kc = kvcache_create(hp, &kcfg, err)))
 		goto fail;
 	if (!(e->rc = radix_create(e->kc, err)))

@@ -83,6 +83,8 @@ typedef struct {
 	void (*kv_import_cancel)(void *arg, uint64_t rid, void *user);
 	void *pd_arg;
 	bool kv_shared;           /* memfd-backed KV pool (shm transfer backend) */
+	void *(*kv_alloc)(void *arg, size_t bytes);          /* KV pool memory from the transfer layer */
+	void (*kv_release)(void *arg, void *p, size_t bytes); /* (UCX); NULL = the pool mmaps its own */
 } engine_config;
 
 /* Defaults for every field (model_path NULL). */

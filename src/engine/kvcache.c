@@ -106,7 +106,13 @@ kvcache *kvcache_create(const llama_hparams *hp, const kvcache_config *cfg, char
 	kc->free_stack = alloc_array((size_t)cfg->n_pages, sizeof(int32_t));
 	if (!kc->k || !kc->v || !kc->refcount || !kc->free_stack)
 		goto nomem;
-	kc->base = pool_map(total, cfg->shared, &kc->shm_fd, err);
+	if (cfg->alloc) {
+		kc->base = cfg->alloc(cfg->alloc_arg, total);
+		if (!kc->base)
+			err_set(err, ERR_NOMEM, "kv cache: the transfer layer could not allocate %zu bytes", total);
+	} else {
+		kc->base = pool_map(total, cfg->shared, &kc->shm_fd, err);
+	}
 	if (!kc->base) {
 		kvcache_destroy(kc);
 		return NULL;
@@ -133,7 +139,9 @@ void kvcache_destroy(kvcache *kc)
 {
 	if (!kc)
 		return;
-	if (kc->base)
+	if (kc->base && kc->cfg.alloc)
+		kc->cfg.release(kc->cfg.alloc_arg, kc->base, kvcache_bytes(kc));
+	else if (kc->base)
 		munmap(kc->base, kvcache_bytes(kc));
 	if (kc->shm_fd >= 0)
 		close(kc->shm_fd);

@@ -24,6 +24,11 @@ typedef struct {
 	int page_size;  /* positions per page, >= 1 */
 	int n_pages;    /* >= 1 */
 	bool shared;    /* back the pool with a memfd another process can map (shm transfer) */
+	/* Or take the region from a transfer library (UCX registers what it
+	   allocates); NULL = mmap. release gets back what alloc returned. */
+	void *(*alloc)(void *arg, size_t bytes);
+	void (*release)(void *arg, void *p, size_t bytes);
+	void *alloc_arg;
 } kvcache_config;
 
 typedef struct kvcache kvcache;

@@ -5,7 +5,7 @@
 #
 # - 20 prompts of varied length (one over several prefill chunks, one repeated
 #   to hit the prefill's prefix cache): greedy PD output_ids == unified, over
-#   tcp and shm, one at a time and 8 in flight;
+#   tcp, shm and ucx (the decode named "mooncake"), one at a time and 8 in flight;
 # - a prefill killed while a room waits: the decode answers 5xx within the
 #   heartbeat window, frees the pages, and works with the restarted prefill;
 # - a decode killed: the prefill fails that room at once;
@@ -64,6 +64,9 @@ start P --disaggregation-mode prefill --disaggregation-bootstrap-port "$BP" --ch
 start D --disaggregation-mode decode
 start PS --disaggregation-mode prefill --disaggregation-transfer-backend shm --disaggregation-bootstrap-port "$BS"
 start DS --disaggregation-mode decode --disaggregation-transfer-backend shm
+BU=$(free_port)
+start PU --disaggregation-mode prefill --disaggregation-transfer-backend ucx --disaggregation-bootstrap-port "$BU"
+start DU --disaggregation-mode decode --disaggregation-transfer-backend mooncake
 
 cat >"$T/pd.py" <<'EOF'
 import json, os, random, sys, threading, time, urllib.request, urllib.error
@@ -129,7 +132,8 @@ for i, t in enumerate(prompts):
     assert st == 200, r
     want[i] = r["output_ids"]
 
-for name, (pp, dp, bp) in (("tcp", (ports["P"], ports["D"], ports["BP"])), ("shm", (ports["PS"], ports["DS"], ports["BS"]))):
+for name, (pp, dp, bp) in (("tcp", (ports["P"], ports["D"], ports["BP"])), ("shm", (ports["PS"], ports["DS"], ports["BS"])),
+                           ("ucx", (ports["PU"], ports["DU"], ports["BU"]))):
     for i, t in enumerate(prompts):
         o = pd(pp, dp, bp, t)
         assert o["d"][0] == 200 and o["p"][0] == 200, (name, i, o)
@@ -163,7 +167,7 @@ assert st == 400, r
 print("ok: requests without bootstrap fields get 400")
 EOF
 echo "servers up after $((SECONDS - START)) s"
-python3 "$T/pd.py" "{\"U\":$U_PORT,\"P\":$P_PORT,\"D\":$D_PORT,\"BP\":$BP,\"PS\":$PS_PORT,\"DS\":$DS_PORT,\"BS\":$BS}"
+python3 "$T/pd.py" "{\"U\":$U_PORT,\"P\":$P_PORT,\"D\":$D_PORT,\"BP\":$BP,\"PS\":$PS_PORT,\"DS\":$DS_PORT,\"BS\":$BS,\"PU\":$PU_PORT,\"DU\":$DU_PORT,\"BU\":$BU}"
 
 # ---- failures (tcp)
 cat >"$T/fail.py" <<'EOF'

@@ -88,6 +88,10 @@ static void node_open(node *n, const char *model, const node_opts *o)
 		c.kv_import = xfer_on_import;
 		c.kv_import_cancel = xfer_on_import_cancel;
 		c.kv_shared = o->backend == XFER_SHM && o->role == XFER_DECODE;
+		if (o->backend == XFER_UCX && o->role == XFER_DECODE) {
+			c.kv_alloc = xfer_kv_alloc;
+			c.kv_release = xfer_kv_release;
+		}
 	}
 	n->e = engine_create(&c, err);
 	cr_assert(n->e, "engine_create: %s", err);
@@ -97,6 +101,7 @@ static void node_open(node *n, const char *model, const node_opts *o)
 
 static void node_close(node *n)
 {
+	xfer_stop(n->x);
 	engine_destroy(n->e);
 	xfer_destroy(n->x);
 }
@@ -240,6 +245,40 @@ static void pd_equals_unified(xfer_backend backend)
 Test(xfer, tcp_pd_equals_unified, .timeout = 120) { pd_equals_unified(XFER_TCP); }
 Test(xfer, shm_pd_equals_unified, .timeout = 120) { pd_equals_unified(XFER_SHM); }
 
+static void ucx_variant(const char *tls)
+{
+	char err[ERR_LEN];
+	xfer_backend b;
+	if (xfer_backend_parse("ucx", &b, err) < 0)
+		cr_skip_test("%s", err);
+	if (tls)
+		setenv("UCX_TLS", tls, 1);
+	pd_equals_unified(XFER_UCX);
+	unsetenv("UCX_TLS");
+}
+
+Test(xfer, ucx_pd_equals_unified, .timeout = 120) { ucx_variant(NULL); }
+Test(xfer, ucx_tcp_pd_equals_unified, .timeout = 120) { ucx_variant("tcp"); }
+Test(xfer, ucx_sm_pd_equals_unified, .timeout = 120) { ucx_variant("sm,self"); }
+
+Test(xfer, ucx_ib_device_must_exist)
+{
+	char err[ERR_LEN];
+	xfer_backend b;
+	if (xfer_backend_parse("ucx", &b, err) < 0)
+		cr_skip_test("%s", err);
+	xfer_config xc = { .role = XFER_DECODE, .backend = XFER_UCX, .ib_devices = "mlx5_9" };
+	xfer *x = xfer_create(&xc, err);
+	cr_expect_null(x);
+	cr_expect(strstr(err, "mlx5_9") && strstr(err, "tcp/lo"), "%s", err);
+	xc.ib_devices = "lo";
+	x = xfer_create(&xc, err);
+	cr_expect(x, "lo should be accepted: %s", err);
+	xfer_destroy(x);
+	cr_expect_eq(xfer_backend_parse("mooncake", &b, err), 0);
+	cr_expect_eq(b, XFER_UCX);
+}
+
 Test(xfer, handshake_mismatch_is_named, .timeout = 60)
 {
 	const char *model = stories();
@@ -283,11 +322,11 @@ Test(xfer, handshake_mismatch_is_named, .timeout = 60)
 	}
 }
 
-Test(xfer, prefill_gone_fails_rooms_and_decode_recovers, .timeout = 60)
+static void prefill_gone(xfer_backend backend)
 {
 	const char *model = stories();
 	node p, d;
-	node_opts op = { .role = XFER_PREFILL, .backend = XFER_TCP }, od = { .role = XFER_DECODE, .backend = XFER_TCP };
+	node_opts op = { .role = XFER_PREFILL, .backend = backend }, od = { .role = XFER_DECODE, .backend = backend };
 	node_open(&d, model, &od);
 	/* nothing listens: connect fails at once */
 	char err[ERR_LEN];
@@ -330,11 +369,11 @@ Test(xfer, prefill_gone_fails_rooms_and_decode_recovers, .timeout = 60)
 	node_close(&d);
 }
 
-Test(xfer, abort_both_directions, .timeout = 60)
+static void abort_both(xfer_backend backend)
 {
 	const char *model = stories();
 	node p, d;
-	node_opts op = { .role = XFER_PREFILL, .backend = XFER_TCP }, od = { .role = XFER_DECODE, .backend = XFER_TCP };
+	node_opts op = { .role = XFER_PREFILL, .backend = backend }, od = { .role = XFER_DECODE, .backend = backend };
 	node_open(&p, model, &op);
 	node_open(&d, model, &od);
 	char err[ERR_LEN];
@@ -374,15 +413,38 @@ Test(xfer, abort_both_directions, .timeout = 60)
 	node_close(&p);
 }
 
+static bool have_ucx(void)
+{
+	char err[ERR_LEN];
+	xfer_backend b;
+	return xfer_backend_parse("ucx", &b, err) == 0;
+}
+
+Test(xfer, prefill_gone_fails_rooms_and_decode_recovers, .timeout = 60) { prefill_gone(XFER_TCP); }
+Test(xfer, abort_both_directions, .timeout = 60) { abort_both(XFER_TCP); }
+Test(xfer, shm_prefill_gone, .timeout = 60) { prefill_gone(XFER_SHM); }
+Test(xfer, shm_abort_both_directions, .timeout = 60) { abort_both(XFER_SHM); }
+Test(xfer, ucx_prefill_gone, .timeout = 60)
+{
+	if (!have_ucx())
+		cr_skip_test("no UCX in this build");
+	prefill_gone(XFER_UCX);
+}
+Test(xfer, ucx_abort_both_directions, .timeout = 60)
+{
+	if (!have_ucx())
+		cr_skip_test("no UCX in this build");
+	abort_both(XFER_UCX);
+}
+
 Test(xfer, backend_names)
 {
 	char err[ERR_LEN];
 	xfer_backend b;
 	cr_expect_eq(xfer_backend_parse("tcp", &b, err), 0);
 	cr_expect_eq(b, XFER_TCP);
-	cr_expect_eq(xfer_backend_parse("mooncake", &b, err), ERR_UNSUPPORTED);
-	cr_expect(strstr(err, "tcp, shm, fake"), "%s", err);
 	cr_expect_eq(xfer_backend_parse("carrier-pigeon", &b, err), ERR_INVAL);
+	cr_expect(strstr(err, "tcp, shm, ucx, fake"), "%s", err);
 }
 
 /* ---- frames ---------------------------------------------------------------- */
