@@ -50,7 +50,7 @@ BIN      := $(BUILD)/pdserve
 $(BUILD)/src/kernels/x86/avx2.o:   ISA := -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/x86/avx512.o: ISA := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
 
-.PHONY: all test check clean unit e2e demo
+.PHONY: all test check clean unit e2e demo fuzz fuzz-bins
 .SECONDARY:
 all: $(BIN)
 
@@ -97,6 +97,27 @@ check:
 # The main job. Grows into router + prefill + decode in later issues.
 demo: $(BIN)
 	$(BIN) generate --prompt "Once upon a time" -n 64
+
+# libFuzzer targets (tests/fuzz/*_fuzz.c), built with clang + ASan/UBSan in
+# BUILD/fuzz, each run for FUZZ_SECONDS over its committed seed corpus
+# (tests/fuzz/corpus/NAME) plus what it finds (BUILD/fuzz/corpus/NAME).
+FUZZ_SECONDS ?= 60
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/*_fuzz.c))
+FUZZ_BIN := $(FUZZ_SRC:%.c=$(BUILD)/%)
+$(BUILD)/tests/fuzz/%_fuzz: $(BUILD)/tests/fuzz/%_fuzz.o $(LIB)
+	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -o $@ $< $(LIB) $(LDLIBS_ALL)
+fuzz-bins: $(FUZZ_BIN)
+fuzz:
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/fuzz CC=clang OPT=-O1 \
+		SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fsanitize=fuzzer-no-link" fuzz-bins
+	@fail=0; for src in $(FUZZ_SRC); do \
+		t=$$(basename $$src .c); mkdir -p $(BUILD)/fuzz/corpus/$$t; \
+		echo "== $$t ($(FUZZ_SECONDS) s)"; \
+		$(BUILD)/fuzz/tests/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=$(BUILD)/fuzz/ $(BUILD)/fuzz/corpus/$$t tests/fuzz/corpus/$$t \
+			> $(BUILD)/fuzz/$$t.log 2>&1 || { fail=1; tail -30 $(BUILD)/fuzz/$$t.log; }; \
+		grep -E "stat::number_of_executed_units|Done [0-9]+ runs" $(BUILD)/fuzz/$$t.log | tail -1; \
+	done; exit $$fail
 
 clean:
 	rm -rf $(BUILD)
