@@ -85,6 +85,8 @@ typedef struct {
 	bool kv_shared;           /* memfd-backed KV pool (shm transfer backend) */
 	void *(*kv_alloc)(void *arg, size_t bytes);          /* KV pool memory from the transfer layer */
 	void (*kv_release)(void *arg, void *p, size_t bytes); /* (UCX); NULL = the pool mmaps its own */
+	bool skip_compute;        /* benchmarks only (pdserve bench transfer): no forward pass; KV pages
+	                             are left as they are, logits are zeros (greedy picks token 0) */
 } engine_config;
 
 /* Defaults for every field (model_path NULL). */

@@ -606,6 +606,93 @@ Test(engine_pd, import_abort_waits_for_cancel)
 	harness_close(&d);
 }
 
+/* skip_compute (pdserve bench transfer): no forward pass, so the prefill's
+   pages leave exactly as they were, and the export/import path still runs:
+   every page arrives, the first token is 0 (greedy over zero logits). */
+Test(engine_pd, skip_compute_still_exports_and_imports_pages)
+{
+	const char *model = stories();
+	enum { N = 3 };
+	int32_t prompts[N][300];
+	int lens[N];
+	for (int i = 0; i < N; i++)
+		lens[i] = make_prompt(200 + i, 100 + i * 90, prompts[i]);
+	memset(&link_, 0, sizeof(link_));
+	pthread_mutex_init(&link_.mu, NULL);
+	harness p, d;
+	engine_config cp = base_config(model), cd = base_config(model);
+	cp.skip_compute = cd.skip_compute = true;
+	cp.kv_export = on_export;
+	cp.pd_arg = &link_;
+	cp.chunked_prefill_size = 64;
+	cd.kv_import = on_import;
+	cd.kv_import_cancel = on_cancel;
+	cd.pd_arg = &link_;
+	harness_open(&p, &cp);
+	harness_open(&d, &cd);
+	link_.p = p.e;
+	link_.d = d.e;
+	/* both engines are idle: mark the prefill's whole pool, clear the decode's */
+	memset(kvcache_base(engine_kvcache(p.e)), 0x5a, kvcache_bytes(engine_kvcache(p.e)));
+	memset(kvcache_base(engine_kvcache(d.e)), 0, kvcache_bytes(engine_kvcache(d.e)));
+	char err[ERR_LEN];
+	for (int i = 0; i < N; i++) {
+		engine_request r = { .rid = (uint64_t)i, .prompt = prompts[i], .n_prompt = lens[i],
+				     .max_new_tokens = 3, .pd = ENGINE_PD_IMPORT, .reserve_tokens = 8 };
+		r.sampling = sampler_params_default();
+		r.sampling.temperature = 0;
+		cr_assert_eq(engine_submit(d.e, &r, err), 0, "%s", err);
+	}
+	for (int i = 0; i < N; i++) {
+		for (int w = 0; w < 500 && !link_.imported[i]; w++) {
+			struct timespec ts = { 0, 10 * 1000000 };
+			nanosleep(&ts, NULL);
+		}
+		cr_assert(link_.imported[i], "decode never reserved pages for %d", i);
+		engine_request r = { .rid = (uint64_t)i, .prompt = prompts[i], .n_prompt = lens[i],
+				     .max_new_tokens = 1, .pd = ENGINE_PD_EXPORT };
+		r.sampling = sampler_params_default();
+		r.sampling.temperature = 0;
+		cr_assert_eq(engine_submit(p.e, &r, err), 0, "%s", err);
+		engine_export_ready(p.e, (uint64_t)i);
+	}
+	pump(&p, N, NULL);
+	pump(&d, N, NULL);
+	const kvcache *dk = engine_kvcache(d.e);
+	size_t pb = kvcache_page_bytes(dk), lb = kvcache_layer_bytes(dk);
+	for (int i = 0; i < N; i++) {
+		cr_expect_eq(p.res[i].n, 1);
+		cr_expect_eq(p.res[i].toks[0], 0, "prefill's first token %d, want 0", p.res[i].toks[0]);
+		cr_expect_eq(d.res[i].finish, ENGINE_FINISH_LENGTH, "%s", d.res[i].message);
+		cr_expect_eq(d.res[i].n, 3);
+		cr_expect_geq(link_.exports[i], 2, "rid %d: %d exports", i, link_.exports[i]);
+		int need = (lens[i] + 15) / 16;
+		/* every prompt page arrived untouched: K and V of every layer */
+		for (int pg = 0; pg < need; pg++)
+			for (int ly = 0; ly < 2 * kvcache_n_layer(dk); ly++) {
+				const uint8_t *b = (const uint8_t *)kvcache_base(dk) + (size_t)ly * lb +
+						   (size_t)link_.d_pages[i][pg] * pb;
+				for (size_t k = 0; k < pb; k++)
+					cr_assert_eq(b[k], 0x5a, "rid %d page %d layer/kv %d byte %zu: %#x", i, pg, ly, k,
+						     b[k]);
+			}
+	}
+	/* the last export's references come back one scheduler pass after the
+	   request's final event (nothing computes here to hide that) */
+	for (int w = 0; w < 200; w++) {
+		engine_stats s;
+		engine_get_stats(p.e, &s);
+		if (s.pages_free + s.pages_cached == s.pages_total)
+			break;
+		struct timespec ts = { 0, 10 * 1000000 };
+		nanosleep(&ts, NULL);
+	}
+	assert_stats_idle(p.e);
+	assert_stats_idle(d.e);
+	harness_close(&p);
+	harness_close(&d);
+}
+
 Test(engine, prompt_larger_than_the_pool_is_refused_at_submit)
 {
 	harness h;
