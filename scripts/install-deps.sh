@@ -12,6 +12,7 @@ PKGS=(
 	clang libclang-rt-14-dev     # sanitizer runtime for `make check` and fuzzing
 	python3                      # fixture comparison tools in ../shared/tools
 	curl iproute2 procps
+	gnuplot-nox                  # optional: PNGs of `pdserve bench serving --plot` and bench/pd_vs_unified.sh
 )
 
 missing=()
