@@ -4,7 +4,9 @@
  * Flags use SGLang's launch_server names so SGLang command lines run
  * unchanged. Flags that mean nothing on this CPU build (--trust-remote-code,
  * --disable-cuda-graph, --dtype, ...) are accepted and logged as ignored.
- * Not yet: --tp/--dp > 1 (refused with a clear message, exit 2).
+ * Not yet: --tp/--dp > 1 and --nnodes > 1 (refused with a clear message,
+ * exit 2); --dist-init-addr / --nnodes 1 / --node-rank 0 are logged and
+ * ignored so the seed's multi-node command lines run (docs/DEPLOY.md).
  *
  * Wiring order: the KV transfer layer when in a PD role (the prefill binds
  * its bootstrap port), then bind the HTTP socket (a taken port fails in
@@ -61,6 +63,8 @@ static void usage(FILE *f)
 		"  --max-body-size BYTES          largest request body (default 33554432); larger gets 413\n"
 		"  --log-level debug|info|warning|error\n"
 		"  --tp N, --dp N                 only 1 for now\n"
+		"  --dist-init-addr HOST:PORT, --nnodes N, --node-rank R   multi-node tensor parallel:\n"
+		"                                 only --nnodes 1 for now (then logged and ignored)\n"
 		"  --disaggregation-mode null|prefill|decode   PD disaggregation role (default null: unified)\n"
 		"  --disaggregation-transfer-backend tcp|shm|ucx|fake   KV transfer (default tcp; mooncake/nixl = ucx)\n"
 		"  --disaggregation-bootstrap-port N   prefill: bootstrap service port (default 8998)\n"
@@ -73,8 +77,9 @@ static void usage(FILE *f)
 
 typedef struct {
 	const char *model, *host, *served, *chat_template, *api_key, *policy, *disagg, *kv, *log_level;
-	const char *backend, *ib_device;
-	long bootstrap_port, reserved_decode;
+	const char *backend, *ib_device, *dist_init_addr;
+	long bootstrap_port, reserved_decode, nnodes, node_rank;
+	int dist_flags; /* how many of --dist-init-addr/--nnodes/--node-rank were given */
 	long port, threads, ctx, page, max_total, max_running, max_queued, max_prefill, chunk, tp, dp, body;
 	double mem_frac;
 	int disable_radix;
@@ -83,7 +88,7 @@ typedef struct {
 enum {
 	O_MODEL = 256, O_HOST, O_PORT, O_SERVED, O_THREADS, O_CTX, O_PAGE, O_MEMF, O_MAXTOT, O_MAXRUN, O_MAXQ,
 	O_MAXPRE, O_CHUNK, O_POLICY, O_NORADIX, O_KV, O_TMPL, O_KEY, O_BODY, O_LOG, O_TP, O_DP, O_DISAGG,
-	O_IGN_ARG, O_IGN_FLAG, O_BACKEND, O_BOOTPORT, O_IBDEV, O_RESERVED,
+	O_IGN_ARG, O_IGN_FLAG, O_BACKEND, O_BOOTPORT, O_IBDEV, O_RESERVED, O_DIST, O_NNODES, O_NODERANK,
 };
 
 static int parse_args(int argc, char **argv, srv_opts *o)
@@ -121,6 +126,9 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		{ "disaggregation-bootstrap-port", required_argument, 0, O_BOOTPORT },
 		{ "disaggregation-ib-device", required_argument, 0, O_IBDEV },
 		{ "num-reserved-decode-tokens", required_argument, 0, O_RESERVED },
+		{ "dist-init-addr", required_argument, 0, O_DIST },
+		{ "nnodes", required_argument, 0, O_NNODES },
+		{ "node-rank", required_argument, 0, O_NODERANK },
 		/* no meaning here: accepted so SGLang command lines run, logged */
 		{ "dtype", required_argument, 0, O_IGN_ARG },
 		{ "random-seed", required_argument, 0, O_IGN_ARG },
@@ -190,6 +198,9 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		case O_BOOTPORT: if (cmd_parse_int(optarg, 1, 65535, &o->bootstrap_port)) bad = "--disaggregation-bootstrap-port"; break;
 		case O_IBDEV: o->ib_device = optarg; break;
 		case O_RESERVED: if (cmd_parse_int(optarg, 0, 1 << 20, &o->reserved_decode)) bad = "--num-reserved-decode-tokens"; break;
+		case O_DIST: o->dist_init_addr = optarg; o->dist_flags++; break;
+		case O_NNODES: if (cmd_parse_int(optarg, 1, 1 << 16, &o->nnodes)) bad = "--nnodes"; o->dist_flags++; break;
+		case O_NODERANK: if (cmd_parse_int(optarg, 0, 1 << 16, &o->node_rank)) bad = "--node-rank"; o->dist_flags++; break;
 		case O_IGN_ARG: LOGI("server", "--%s %s: ignored (no meaning in this CPU build)", name, optarg); break;
 		case O_IGN_FLAG: LOGI("server", "--%s: ignored (no meaning in this CPU build)", name); break;
 		case 'h': usage(stdout); return 1;
@@ -208,6 +219,19 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		fprintf(stderr, "pdserve server: --tp/--dp > 1 is not supported yet (one engine per process for now)\n");
 		return 2;
 	}
+	if (o->nnodes > 1) {
+		fprintf(stderr, "pdserve server: --nnodes %ld: multi-node tensor parallel is not supported yet "
+			"(run one server per node; PD disaggregation across nodes needs no --nnodes, see docs/DEPLOY.md)\n",
+			o->nnodes);
+		return 2;
+	}
+	if (o->node_rank >= o->nnodes) {
+		fprintf(stderr, "pdserve server: --node-rank %ld: must be below --nnodes %ld\n", o->node_rank, o->nnodes);
+		return 2;
+	}
+	if (o->dist_flags)
+		LOGI("server", "--dist-init-addr %s --nnodes %ld --node-rank %ld: one node, nothing to initialize (ignored)",
+		     o->dist_init_addr ? o->dist_init_addr : "-", o->nnodes, o->node_rank);
 	xfer_backend b;
 	char err[ERR_LEN];
 	if (xfer_backend_parse(o->backend, &b, err) < 0) {
@@ -266,7 +290,7 @@ int cmd_server(int argc, char **argv)
 {
 	srv_opts o = { .host = "127.0.0.1", .port = 30000, .policy = "fcfs", .disagg = "null", .kv = "auto",
 		       .log_level = "info", .tp = 1, .dp = 1, .body = 32L << 20, .backend = "tcp",
-		       .bootstrap_port = 8998, .reserved_decode = 512 };
+		       .bootstrap_port = 8998, .reserved_decode = 512, .nnodes = 1 };
 	int rc = parse_args(argc, argv, &o);
 	if (rc)
 		return rc == 1 ? 0 : rc;

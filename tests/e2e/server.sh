@@ -16,7 +16,8 @@
 # - every bad input gets its status (400, 404, 405, 413) while a good
 #   streaming request completes; a full queue gets 503;
 # - --api-key (401), the launch_server alias, ignored SGLang flags, --tp 2
-#   and the mooncake transfer backend refused with "not ... yet";
+#   and --nnodes 2 refused with "not ... yet" (--nnodes 1 logged), mooncake
+#   (= ucx) with a missing --disaggregation-ib-device named at start-up;
 # - /metrics names, and SIGTERM exits 0.
 set -euo pipefail
 
@@ -74,18 +75,28 @@ rc=0
 "$BIN" server --model-path "$MODEL" --tp 2 >/dev/null 2>"$T/err" || rc=$?
 [ "$rc" = 2 ] && grep -q "not supported yet" "$T/err" || fail "--tp 2: exit $rc: $(cat "$T/err")"
 rc=0
+"$BIN" server --model-path "$MODEL" --nnodes 2 --node-rank 1 --dist-init-addr 127.0.0.1:5000 >/dev/null 2>"$T/err" || rc=$?
+[ "$rc" = 2 ] && grep -q "multi-node tensor parallel is not supported yet" "$T/err" || fail "--nnodes 2: exit $rc: $(cat "$T/err")"
+rc=0
+"$BIN" server --model-path "$MODEL" --nnodes 1 --node-rank 1 >/dev/null 2>"$T/err" || rc=$?
+[ "$rc" = 2 ] && grep -q "must be below --nnodes" "$T/err" || fail "--node-rank 1 of 1: exit $rc: $(cat "$T/err")"
+# mooncake selects the ucx backend: a named IB device UCX does not see fails at start-up
+# with what UCX sees (built without UCX: the backend is refused, exit 2)
+rc=0
 "$BIN" server --model-path "$MODEL" --disaggregation-mode prefill --disaggregation-transfer-backend mooncake \
-	>/dev/null 2>"$T/err" || rc=$?
-[ "$rc" = 2 ] && grep -q "not built yet; available: tcp, shm, fake" "$T/err" || fail "mooncake backend: exit $rc"
+	--disaggregation-ib-device mlx5_9 --disaggregation-bootstrap-port 1 >/dev/null 2>"$T/err" || rc=$?
+{ [ "$rc" = 1 ] && grep -q "mlx5_9: UCX sees no such device" "$T/err"; } ||
+	{ [ "$rc" = 2 ] && grep -q "available: tcp, shm, fake" "$T/err"; } || fail "mooncake backend: exit $rc: $(cat "$T/err")"
 rc=0
 "$BIN" server --model-path "$MODEL" --port 99999 >/dev/null 2>"$T/err" || rc=$?
 [ "$rc" = 2 ] || fail "--port 99999: exit $rc"
-echo "ok: --tp 2 and --disaggregation-mode prefill refused (not yet), bad flags exit 2"
+echo "ok: --tp 2 and --nnodes 2 refused (not yet), a missing IB device named, bad flags exit 2"
 
 start main --disaggregation-mode null --max-body-size 1048576 --served-model-name stories
 CMD=launch_server start keyed --api-key sekret --trust-remote-code --disable-cuda-graph --dtype auto --tp 1
-start tiny --max-running-requests 1 --max-queued-requests 1
+start tiny --max-running-requests 1 --max-queued-requests 1 --dist-init-addr 127.0.0.1:5000 --nnodes 1 --node-rank 0
 grep -q -- "--trust-remote-code: ignored" "$T/keyed.err" || fail "ignored flag not logged"
+grep -q -- "--nnodes 1 --node-rank 0: one node" "$T/tiny.err" || fail "--nnodes 1 not logged"
 
 cat >"$T/check.py" <<'EOF'
 import http.client, json, os, socket, subprocess, sys, threading, time
