@@ -4,6 +4,8 @@
  *   pdserve bench serving ...   serving load generator (SGLang's bench_serving;
  *                               src/cmd/bench_serving.c, also `pdserve bench_serving`)
  *   pdserve bench engine ...    kernel/engine timings (kernels issue; not built yet)
+ *   pdserve bench transfer ...  KV transfer per backend vs memcpy / TCP ceilings
+ *                               (src/cmd/bench_transfer.c)
  *
  * Flags and wiring only: each tool parses its own flags.
  */
@@ -16,6 +18,7 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: pdserve bench serving [flags]   serving load generator (SGLang bench_serving flags)\n"
 		   "       pdserve bench engine [flags]    engine and kernel timings\n"
+		   "       pdserve bench transfer [flags]  KV transfer per backend vs memcpy and TCP\n"
 		   "'pdserve bench serving --help' lists its flags.\n");
 }
 
@@ -31,6 +34,8 @@ int cmd_bench(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "serving"))
 		return cmd_bench_serving(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "transfer"))
+		return cmd_bench_transfer(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "engine")) {
 		fprintf(stderr, "pdserve bench engine: not built yet (engine: see pdserve bench engine, kernels issue)\n");
 		return 2;

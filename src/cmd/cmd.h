@@ -9,5 +9,6 @@ int cmd_detokenize(int argc, char **argv);
 int cmd_server(int argc, char **argv); /* also "launch_server" */
 int cmd_bench(int argc, char **argv);  /* bench serving | bench engine */
 int cmd_bench_serving(int argc, char **argv); /* also "bench_serving" */
+int cmd_bench_transfer(int argc, char **argv); /* bench transfer */
 
 #endif
