@@ -13,6 +13,9 @@
  * Invariants: `kern` is written only inside pthread_once, so after
  * kern_init() returns in any thread every reader sees the full table.
  *
+ * kern_impl(name) builds the same way a table for every implementation the
+ * CPU supports, so tests and benchmarks can compare them side by side.
+ *
  * Left out: per-op selection (one implementation wins for the whole table)
  * and re-initialisation (the choice is fixed for the process).
  */
@@ -33,15 +36,33 @@ typedef struct {
 	const char *name;
 	int (*cpu_ok)(void);          /* 1 when this CPU can run it */
 	void (*fill)(kern_table *t);  /* overwrite the entries it provides */
-} kern_impl;
+} impl_desc;
 
-/* Fastest first. SIMD files plug in here, e.g. for x86/avx2.c:
-     { "avx2", cpu_has_avx2, kern_avx2_fill },
-   with cpu_has_avx2() built on __builtin_cpu_supports("avx2") && ("fma")
-   && ("f16c"), and kern_avx2_fill declared in kernels_int.h. */
-static const kern_impl impls[] = {
+static int cpu_has_avx2(void)
+{
+	__builtin_cpu_init();
+	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+	       __builtin_cpu_supports("f16c");
+}
+
+static int cpu_has_avx512(void)
+{
+	__builtin_cpu_init();
+	return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+	       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+	       __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+}
+
+/* Fastest first. */
+static const impl_desc impls[] = {
+	{ "avx512", cpu_has_avx512, kern_avx512_fill },
+	{ "avx2", cpu_has_avx2, kern_avx2_fill },
 	{ NULL, NULL, NULL }, /* end */
 };
+
+/* Full tables of every implementation the CPU supports, for kern_impl(). */
+static kern_table impl_tables[sizeof(impls) / sizeof(impls[0])];
+static pthread_once_t impl_once = PTHREAD_ONCE_INIT;
 
 static void build_ref(void)
 {
@@ -77,8 +98,8 @@ static void choose(void)
 		want = NULL;
 	}
 	if (!want || strcmp(want, "ref") != 0) {
-		const kern_impl *pick = NULL;
-		for (const kern_impl *im = impls; im->name; im++) {
+		const impl_desc *pick = NULL;
+		for (const impl_desc *im = impls; im->name; im++) {
 			if (!im->cpu_ok())
 				continue;
 			if (!want || strcmp(want, im->name) == 0) {
@@ -88,7 +109,7 @@ static void choose(void)
 		}
 		if (want && !pick) {
 			/* asked for one this CPU or build lacks: take the best there is */
-			for (const kern_impl *im = impls; im->name && !pick; im++)
+			for (const impl_desc *im = impls; im->name && !pick; im++)
 				if (im->cpu_ok())
 					pick = im;
 			LOGW("kernels", "KERNELS=%s is not available on this CPU or build; using %s", want,
@@ -106,4 +127,28 @@ static void choose(void)
 void kern_init(void)
 {
 	pthread_once(&init_once, choose);
+}
+
+static void build_impls(void)
+{
+	for (size_t i = 0; impls[i].name; i++) {
+		impl_tables[i] = *kern_ref();
+		if (impls[i].cpu_ok()) {
+			impls[i].fill(&impl_tables[i]);
+			impl_tables[i].name = impls[i].name;
+		} else {
+			impl_tables[i].name = NULL;
+		}
+	}
+}
+
+const kern_table *kern_impl(const char *name)
+{
+	if (!strcmp(name, "ref"))
+		return kern_ref();
+	pthread_once(&impl_once, build_impls);
+	for (size_t i = 0; impls[i].name; i++)
+		if (!strcmp(impls[i].name, name))
+			return impl_tables[i].name ? &impl_tables[i] : NULL;
+	return NULL;
 }

@@ -4,7 +4,8 @@
  * may have faster versions per ISA in kernels/x86/ (one ISA per file, built
  * with that file's flags). kern_init() fills the table `kern` once from the
  * CPU's features; KERNELS=ref in the environment forces the reference.
- * Callers always go through `kern.<op>`.
+ * Callers always go through `kern.<op>` or the drivers below (kern_matmul,
+ * kern_attention), which use `kern`.
  *
  * Weight x activation products follow ggml's numerics so that logits agree
  * with llama.cpp: before a matmul the f32 activations are converted to the
@@ -14,6 +15,14 @@
  * activation row. Each output element is one vec_dot over the full row in a
  * fixed order, so results do not depend on thread count or on which other
  * rows share the batch (batch invariance).
+ *
+ * The optional tiled matmul entries (mm_*) compute many output elements at
+ * once from an implementation-private activation layout. Their contract is
+ * strict: every y[t][o] they produce is bit-identical to the same table's
+ * vec_dot(n_in, W[o], from_float(x[t])), whatever n_tok, the split over
+ * threads or the position of t in the batch. (The x86 quantized paths are
+ * bit-identical to the reference as well: integer block sums are exact and
+ * the f32 steps are the reference's, in its order.)
  *
  * Kernels never allocate. Pointers may be unaligned unless stated.
  */
@@ -35,11 +44,31 @@ typedef void (*kern_from_float_fn)(const float *src, void *dst, int64_t n);
    vec_dot_type (qtype_get(type)->vec_dot_type). */
 typedef float (*kern_vec_dot_fn)(int64_t n, const void *x, const void *y);
 
+typedef struct kern_weight kern_weight;
+typedef struct kern_attn kern_attn;
+
+/* Tiled matmul, private activation layout (see the contract above).
+   act_bytes: scratch for n_tok rows of n_in (64-byte aligned start).
+   act_convert: part ith of nth of converting x [n_tok][n_in] into act.
+   rows: part ith of nth of y [n_tok][n_out] (ld n_out) from w and act; for
+   F32 weights act is x itself. All three are called with the same
+   (n_in, n_tok), so the layout may depend on them. */
+typedef size_t (*kern_mm_act_bytes_fn)(int64_t n_in, int64_t n_tok);
+typedef void (*kern_mm_act_convert_fn)(const float *x, int64_t n_in, int64_t n_tok, void *act, int ith,
+				       int nth);
+typedef void (*kern_mm_rows_fn)(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith,
+				int nth);
+
 typedef struct {
 	const char *name; /* "ref", "avx2", "avx512" */
 	kern_to_float_fn to_float[QTYPE_COUNT];
 	kern_from_float_fn from_float[QTYPE_COUNT];
 	kern_vec_dot_fn vec_dot[QTYPE_COUNT]; /* indexed by weight type */
+
+	/* optional: NULL means kern_matmul uses from_float + vec_dot */
+	kern_mm_act_bytes_fn mm_act_bytes[QTYPE_COUNT];     /* by vec_dot_type */
+	kern_mm_act_convert_fn mm_act_convert[QTYPE_COUNT]; /* by vec_dot_type */
+	kern_mm_rows_fn mm_rows[QTYPE_COUNT];               /* by weight type */
 
 	/* out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x */
 	void (*rmsnorm)(float *out, const float *x, const float *w, int64_t n, float eps);
@@ -47,6 +76,16 @@ typedef struct {
 	void (*swiglu)(float *x, const float *gate, int64_t n);
 	/* x = softmax(x) in place over n (max-subtracted, f32 accumulate) */
 	void (*softmax)(float *x, int64_t n);
+	/* Rotary embedding of n_heads vectors of head_dim floats (x[h * head_dim ..]):
+	   pair i < n_rot/2 is (2i, 2i+1) (NORM) or (i, i + n_rot/2) (neox), rotated
+	   by the angle with cosine cs[i] and sine sn[i]:
+	   (a, b) -> (a cs - b sn, a sn + b cs). Elements past n_rot are untouched. */
+	void (*rope)(float *x, int n_heads, int head_dim, int n_rot, int neox, const float *cs,
+		     const float *sn);
+	/* Paged attention of token t for query heads [h0, h1), all in kv head
+	   group g = h0 / (n_head / n_head_kv) (see kern_attn). work: at least
+	   kern_attn_work_floats() floats, 64-byte aligned. */
+	void (*attn)(const kern_attn *a, int t, int h0, int h1, float *work);
 } kern_table;
 
 extern kern_table kern;
@@ -56,15 +95,19 @@ extern kern_table kern;
 void kern_init(void);
 /* The reference table (for tests comparing implementations). */
 const kern_table *kern_ref(void);
+/* The full table of implementation `name` ("ref", "avx2", "avx512"): the
+   reference with that implementation's entries on top, or NULL when this
+   CPU cannot run it. For tests and benchmarks. */
+const kern_table *kern_impl(const char *name);
 
 /* ---- matmul: y[t][o] = sum_i W[o][i] * x[t][i] ------------------------- */
 
-typedef struct {
+struct kern_weight {
 	int type;          /* QTYPE_*; must be supported */
 	int64_t n_in;      /* ne[0]: row length */
 	int64_t n_out;     /* ne[1]: rows */
 	const void *data;  /* n_out rows of qtype_row_size(type, n_in) bytes */
-} kern_weight;
+};
 
 /* Bytes of scratch kern_matmul needs for n_tok activation rows of w. */
 size_t kern_matmul_scratch(const kern_weight *w, int64_t n_tok);
@@ -73,8 +116,55 @@ size_t kern_matmul_scratch(const kern_weight *w, int64_t n_tok);
    tp's threads; tp may be NULL (single thread). */
 void kern_matmul(threadpool *tp, const kern_weight *w, const float *x, int64_t n_tok, float *y,
 		 void *scratch);
+/* The same with an explicit table t (tests and benchmarks compare
+   implementations); scratch sized by kern_matmul_scratch_t(t, ...). */
+size_t kern_matmul_scratch_t(const kern_table *t, const kern_weight *w, int64_t n_tok);
+void kern_matmul_t(const kern_table *t, threadpool *tp, const kern_weight *w, const float *x,
+		   int64_t n_tok, float *y, void *scratch);
 
 /* One row of a weight matrix as f32 (embedding lookup). */
 void kern_get_row(const kern_weight *w, int64_t row, float *out);
+
+/* ---- paged attention ------------------------------------------------------
+ *
+ * For each batch token t and query head h: out = softmax(q k^T * scale) v
+ * over positions 0..pos[t] of the token's sequence, read from the paged K/V
+ * pools of one layer (position p of sequence s lives in page
+ * pages[s][p / page_size], slot p % page_size). Query head h reads kv head
+ * h / (n_head / n_head_kv). With an f16/bf16 pool the query is rounded to
+ * that type before the dot products, as ggml does.
+ *
+ * Numerics: one (token, head) is computed by one thread, in position order,
+ * so results do not depend on the batch or the thread count. The reference
+ * is ggml's: all scores, then max, exp, sum in double, weights rounded to the
+ * kv type, f32 accumulation of weights * v. SIMD versions use an online
+ * softmax over chunks of positions (one pass over K and V; weights unrounded,
+ * divided by the sum at the end) and are compared with the reference within
+ * the tolerance of tests/unit/kernels_test.c.
+ */
+struct kern_attn {
+	int n_tokens;
+	int n_head, n_head_kv, head_dim;
+	int kv_dtype;                 /* QTYPE_F32, QTYPE_F16 or QTYPE_BF16 */
+	int page_size;                /* positions per page */
+	float scale;                  /* usually 1/sqrt(head_dim) */
+	const float *q;               /* [n_tokens][n_head * head_dim] */
+	float *out;                   /* [n_tokens][n_head * head_dim] */
+	const void *k, *v;            /* [n_pages][page_size][n_head_kv * head_dim] of kv_dtype */
+	const int32_t *pos;           /* [n_tokens]: attends to positions 0..pos[t] */
+	const int32_t *seq;           /* [n_tokens]: index into pages */
+	const int32_t *const *pages;  /* [n_seqs]: page table of each sequence */
+};
+
+/* Floats of per-thread work memory kern_attention needs (max_pos: the
+   largest pos + 1 any call will see). */
+size_t kern_attn_work_floats(int n_head, int n_head_kv, int head_dim, int max_pos);
+/* Run attention for every (token, head) of a over tp (NULL: one thread).
+   work: threadpool_size(tp) (or 1) times kern_attn_work_floats() floats,
+   64-byte aligned. */
+void kern_attention(threadpool *tp, const kern_attn *a, float *work, size_t work_floats);
+/* The same with an explicit table (tests, benchmarks). */
+void kern_attention_t(const kern_table *t, threadpool *tp, const kern_attn *a, float *work,
+		      size_t work_floats);
 
 #endif

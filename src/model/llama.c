@@ -29,9 +29,13 @@
  * p * base^(-2i/n_rot) * freq_scale / rope_freqs[i], computed like ggml (a
  * running product in float) so logits agree with llama.cpp to ~1e-6.
  *
- * Left out here (later issues): SIMD attention and fused kernels (kernels
- * issue), sliding-window attention, YaRN / LongRoPE scaling (rejected at load
- * with a clear error), MoE and other architectures.
+ * Attention, RoPE and the K/V conversion are kernel ops (kern_attention,
+ * kern.rope, kern.from_float of the kv dtype), so they run the dispatched
+ * SIMD versions; their numerics contracts are in kernels.h.
+ *
+ * Left out here (later issues): fused kernels, sliding-window attention,
+ * YaRN / LongRoPE scaling (rejected at load with a clear error), MoE and
+ * other architectures.
  */
 #include "model/llama.h"
 
@@ -40,7 +44,6 @@
 #include <string.h>
 
 #include "base/alloc.h"
-#include "base/half.h"
 #include "base/log.h"
 
 typedef struct {
@@ -362,8 +365,8 @@ struct llama_ctx {
 	/* scratch, [max_tokens][...] each */
 	float *x, *h, *q, *k, *v, *att, *ff_gate, *ff_up;
 	float *out_rows;   /* [max_tokens][n_embd]: normed rows that want logits */
-	float *att_scores; /* [n_threads][n_ctx] */
-	float *att_qconv;  /* [n_threads][head_dim]: query rounded to the kv dtype */
+	float *att_work;   /* [n_threads][att_work_floats]: kern_attention's work */
+	size_t att_work_floats;
 	void *mm_scratch;
 	float *rope_cos, *rope_sin; /* [max_tokens][n_rot/2] */
 };
@@ -404,13 +407,13 @@ llama_ctx *llama_ctx_create(const llama_model *m, const llama_ctx_config *cfg, c
 	c->ff_gate = alloc_array(T * hp->n_ff, sizeof(float));
 	c->ff_up = alloc_array(T * hp->n_ff, sizeof(float));
 	c->out_rows = alloc_array(T * hp->n_embd, sizeof(float));
-	c->att_scores = alloc_array((size_t)c->n_threads * cfg->n_ctx, sizeof(float));
-	c->att_qconv = alloc_array((size_t)c->n_threads * hp->head_dim, sizeof(float));
+	c->att_work_floats = kern_attn_work_floats(hp->n_head, hp->n_head_kv, hp->head_dim, cfg->n_ctx);
+	c->att_work = alloc_aligned(64, (size_t)c->n_threads * c->att_work_floats * sizeof(float));
 	c->rope_cos = alloc_array(T * (hp->n_rot / 2 + 1), sizeof(float));
 	c->rope_sin = alloc_array(T * (hp->n_rot / 2 + 1), sizeof(float));
 	c->mm_scratch = alloc_aligned(64, mm ? mm : 64);
 	if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->ff_gate || !c->ff_up ||
-	    !c->out_rows || !c->att_scores || !c->att_qconv || !c->rope_cos || !c->rope_sin || !c->mm_scratch) {
+	    !c->out_rows || !c->att_work || !c->rope_cos || !c->rope_sin || !c->mm_scratch) {
 		llama_ctx_destroy(c);
 		err_set(err, ERR_NOMEM, "out of memory creating a llama context (%zu tokens)", T);
 		return NULL;
@@ -431,8 +434,7 @@ void llama_ctx_destroy(llama_ctx *c)
 	alloc_free(c->ff_gate);
 	alloc_free(c->ff_up);
 	alloc_free(c->out_rows);
-	alloc_free(c->att_scores);
-	alloc_free(c->att_qconv);
+	alloc_free(c->att_work);
 	alloc_free(c->rope_cos);
 	alloc_free(c->rope_sin);
 	alloc_free(c->mm_scratch);
@@ -460,21 +462,6 @@ static void rope_tables(llama_ctx *c, const llama_batch *b)
 	}
 }
 
-static void rope_apply(const llama_hparams *hp, float *x, int n_heads, const float *cs, const float *sn)
-{
-	const int half = hp->n_rot / 2;
-	for (int h = 0; h < n_heads; h++) {
-		float *v = x + (size_t)h * hp->head_dim;
-		for (int i = 0; i < half; i++) {
-			int a = hp->rope_type == LLAMA_ROPE_NEOX ? i : 2 * i;
-			int bb = hp->rope_type == LLAMA_ROPE_NEOX ? i + half : 2 * i + 1;
-			float x0 = v[a], x1 = v[bb];
-			v[a] = x0 * cs[i] - x1 * sn[i];
-			v[bb] = x0 * sn[i] + x1 * cs[i];
-		}
-	}
-}
-
 static void *kv_slot(const llama_kv *kv, void *base, size_t row_bytes, const int32_t *pages, int pos)
 {
 	int page = pages[pos / kv->page_size];
@@ -482,97 +469,10 @@ static void *kv_slot(const llama_kv *kv, void *base, size_t row_bytes, const int
 	return (char *)base + slot * row_bytes;
 }
 
+/* K/V rows go through the kv dtype's from_float (f16/bf16 rounding to nearest even). */
 static void kv_store(int dtype, void *dst, const float *src, int n)
 {
-	if (dtype == QTYPE_F32) {
-		memcpy(dst, src, (size_t)n * sizeof(float));
-	} else if (dtype == QTYPE_F16) {
-		uint16_t *d = dst;
-		for (int i = 0; i < n; i++)
-			d[i] = half_f32_to_f16(src[i]);
-	} else {
-		uint16_t *d = dst;
-		for (int i = 0; i < n; i++)
-			d[i] = half_f32_to_bf16(src[i]);
-	}
-}
-
-static float kv_load(int dtype, const void *row, int i)
-{
-	if (dtype == QTYPE_F32)
-		return ((const float *)row)[i];
-	uint16_t h = ((const uint16_t *)row)[i];
-	return dtype == QTYPE_F16 ? half_f16_to_f32(h) : half_bf16_to_f32(h);
-}
-
-/* Value rounded through the kv dtype (how ggml feeds f32 operands to an f16/bf16 matmul). */
-static float round_to(int dtype, float x)
-{
-	if (dtype == QTYPE_F16)
-		return half_f16_to_f32(half_f32_to_f16(x));
-	if (dtype == QTYPE_BF16)
-		return half_bf16_to_f32(half_f32_to_bf16(x));
-	return x;
-}
-
-typedef struct {
-	llama_ctx *c;
-	const llama_kv *kv;
-	const llama_batch *b;
-	int il;
-} attn_job;
-
-/* Attention for (token, head) pairs ith, ith+nth, ...; one pair is computed
-   entirely by one thread in position order. */
-static void attn_worker(void *arg, int ith, int nth)
-{
-	attn_job *j = arg;
-	llama_ctx *c = j->c;
-	const llama_hparams *hp = &c->m->hp;
-	const llama_kv *kv = j->kv;
-	const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
-	const size_t kvd = (size_t)hp->n_head_kv * hd;
-	const size_t row_bytes = kvd * kv_elem_size(kv->dtype);
-	const size_t qd = (size_t)hp->n_head * hd;
-	const float scale = 1.0f / sqrtf((float)hd);
-	float *sc = c->att_scores + (size_t)ith * c->cfg.n_ctx;
-	float *qc = c->att_qconv + (size_t)ith * hd;
-	const int n_pairs = j->b->n_tokens * hp->n_head;
-
-	for (int pi = ith; pi < n_pairs; pi += nth) {
-		int t = pi / hp->n_head, h = pi % hp->n_head, g = h / group;
-		const int32_t *pages = j->b->pages[j->b->seq[t]];
-		const float *q = c->q + (size_t)t * qd + (size_t)h * hd;
-		const int n = j->b->pos[t] + 1;
-		for (int d = 0; d < hd; d++)
-			qc[d] = round_to(kv->dtype, q[d]);
-		float mx = -INFINITY;
-		for (int p = 0; p < n; p++) {
-			const char *krow = kv_slot(kv, kv->k[j->il], row_bytes, pages, p);
-			krow += (size_t)g * hd * kv_elem_size(kv->dtype);
-			float s = 0;
-			for (int d = 0; d < hd; d++)
-				s += qc[d] * kv_load(kv->dtype, krow, d);
-			sc[p] = s * scale;
-			mx = sc[p] > mx ? sc[p] : mx;
-		}
-		double sum = 0;
-		for (int p = 0; p < n; p++) {
-			sc[p] = expf(sc[p] - mx);
-			sum += sc[p];
-		}
-		const float inv = (float)(1.0 / sum);
-		float *out = c->att + (size_t)t * qd + (size_t)h * hd;
-		for (int d = 0; d < hd; d++)
-			out[d] = 0;
-		for (int p = 0; p < n; p++) {
-			const float w = round_to(kv->dtype, sc[p] * inv);
-			const char *vrow = kv_slot(kv, kv->v[j->il], row_bytes, pages, p);
-			vrow += (size_t)g * hd * kv_elem_size(kv->dtype);
-			for (int d = 0; d < hd; d++)
-				out[d] += w * kv_load(kv->dtype, vrow, d);
-		}
-	}
+	kern.from_float[dtype](src, dst, n);
 }
 
 static void add_bias(float *y, const float *bias, int n_tok, int n)
@@ -638,17 +538,20 @@ int llama_forward(llama_ctx *c, const llama_kv *kv, const llama_batch *b, float 
 		for (int t = 0; t < T; t++) {
 			const float *cs = c->rope_cos + (size_t)t * (hp->n_rot / 2);
 			const float *sn = c->rope_sin + (size_t)t * (hp->n_rot / 2);
-			rope_apply(hp, c->q + (size_t)t * qd, hp->n_head, cs, sn);
-			rope_apply(hp, c->k + (size_t)t * kvd, hp->n_head_kv, cs, sn);
+			const int neox = hp->rope_type == LLAMA_ROPE_NEOX;
+			kern.rope(c->q + (size_t)t * qd, hp->n_head, hd, hp->n_rot, neox, cs, sn);
+			kern.rope(c->k + (size_t)t * kvd, hp->n_head_kv, hd, hp->n_rot, neox, cs, sn);
 			const int32_t *pages = b->pages[b->seq[t]];
 			kv_store(kv->dtype, kv_slot(kv, kv->k[il], row_bytes, pages, b->pos[t]), c->k + (size_t)t * kvd, kvd);
 			kv_store(kv->dtype, kv_slot(kv, kv->v[il], row_bytes, pages, b->pos[t]), c->v + (size_t)t * kvd, kvd);
 		}
-		attn_job job = { c, kv, b, il };
-		if (tp)
-			threadpool_run(tp, attn_worker, &job);
-		else
-			attn_worker(&job, 0, 1);
+		kern_attn att = {
+			.n_tokens = T, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hd,
+			.kv_dtype = kv->dtype, .page_size = kv->page_size, .scale = 1.0f / sqrtf((float)hd),
+			.q = c->q, .out = c->att, .k = kv->k[il], .v = kv->v[il],
+			.pos = b->pos, .seq = b->seq, .pages = b->pages,
+		};
+		kern_attention(tp, &att, c->att_work, c->att_work_floats);
 		/* x += att Wo: the projection goes to h, then the residual add */
 		kern_matmul(tp, &L->wo, c->att, T, c->h, c->mm_scratch);
 		add_bias(c->h, L->bo, T, E);

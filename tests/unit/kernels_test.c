@@ -17,7 +17,14 @@
  *    zero blocks, huge values; and the exact f32 combination of vec_dot.
  *  - matmul: bit-identical for any thread count and any batch position,
  *    equal to a naive vec_dot loop, odd shapes, unaligned pointers.
- *  - Every implementation the CPU supports against ref (today only ref).
+ *  - Every implementation the CPU supports (ref, avx2, avx512) against ref
+ *    (the "impl" suites): activation quantization and f16/bf16 conversion
+ *    bit for bit; quantized matmul bit for bit in both shapes (GEMV for 1-3
+ *    tokens, GEMM for more) on edge shapes (n_in = one block, n_in not a
+ *    multiple of the panel chunk, 1 and odd row counts, partial token groups,
+ *    unaligned weights and activations, several thread counts); float
+ *    matmul, element-wise ops and paged attention within the tolerance
+ *    table `impl_tols`.
  *
  * Tolerances sit in tables next to their one-line reasons.
  */
@@ -490,6 +497,7 @@ typedef struct {
 } dot_tol;
 
 static const dot_tol dot_tols[] = {
+	/* ref only; SIMD float dots use float_dot_tol() below */
 	{ QTYPE_F32, 1e-6, "double accumulation: only the final f32 rounding" },
 	{ QTYPE_F16, 1e-6, "double accumulation: only the final f32 rounding" },
 	{ QTYPE_BF16, 1e-6, "double accumulation: only the final f32 rounding" },
@@ -502,6 +510,15 @@ static const dot_tol dot_tols[] = {
 	{ QTYPE_Q5_K, 2e-5, "as Q4_K" },
 	{ QTYPE_Q6_K, 2e-5, "f32 sum over n/256 blocks" },
 };
+
+/* SIMD F32/F16/BF16 dots sum in 16 f32 lanes (n/16 roundings per lane,
+   vdpbf16ps: 2 per 32 elements) and a 4-level tree: the classic bound
+   (n/16 + 8) * 2^-24 of sum |x y|. A dropped or doubled element costs about
+   1/n of it, far above the bound. */
+static double float_dot_tol(int64_t n)
+{
+	return ((double)n / 16 + 8) * 0x1p-24;
+}
 
 static double dot_tol_for(int type)
 {
@@ -541,7 +558,10 @@ static void check_vec_dot(const kern_table *kt, int type, int64_t n, const void 
 		}
 	}
 	float got = kt->vec_dot[type](n, x, y);
-	double tol = dot_tol_for(type) * mag + s_slack + 1e-30;
+	double rel = dot_tol_for(type);
+	if (strcmp(kt->name, "ref") && qi->blck == 1)
+		rel = float_dot_tol(n);
+	double tol = rel * mag + s_slack + 1e-30;
 	cr_assert(fabs((double)got - want) <= tol,
 		  "%s vec_dot %s n=%ld (%s): got %.9g want %.9g, |diff| %.3g > tol %.3g", kt->name,
 		  qtype_name(type), (long)n, what, (double)got, want, fabs((double)got - want), tol);
@@ -550,14 +570,16 @@ static void check_vec_dot(const kern_table *kt, int type, int64_t n, const void 
 	free(yf);
 }
 
+/* The i-th implementation this CPU supports: ref, then avx2, avx512. */
 static const kern_table *impls_to_test(int i)
 {
-	/* ref always; the dispatched table too when it is another implementation */
+	static const char *const names[] = { "ref", "avx2", "avx512" };
 	kern_init();
-	if (i == 0)
-		return kern_ref();
-	if (i == 1 && strcmp(kern.name, "ref") != 0)
-		return &kern;
+	for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+		const kern_table *t = kern_impl(names[k]);
+		if (t && i-- == 0)
+			return t;
+	}
 	return NULL;
 }
 
@@ -1069,13 +1091,16 @@ Test(matmul, tiny_shapes)
 
 Test(matmul, f32_weights_need_no_scratch)
 {
+	const kern_table *ref = kern_ref();
 	kern_weight w = { QTYPE_F32, 64, 3, NULL };
 	cr_assert_eq(kern_matmul_scratch(&w, 100), 0);
 	w.type = QTYPE_Q8_0;
-	cr_assert_eq(kern_matmul_scratch(&w, 3), 3 * 128, "68-byte rows padded to 128");
+	cr_assert_eq(kern_matmul_scratch_t(ref, &w, 3), 3 * 128, "68-byte rows padded to 128");
 	w.type = QTYPE_Q4_K;
 	w.n_in = 512;
-	cr_assert_eq(kern_matmul_scratch(&w, 2), 2 * 640, "2 Q8_K blocks = 584 bytes, padded to 640");
+	cr_assert_eq(kern_matmul_scratch_t(ref, &w, 2), 2 * 640, "2 Q8_K blocks = 584 bytes, padded to 640");
+	/* an ISA's tiled layout may need more, never less */
+	cr_assert_geq(kern_matmul_scratch(&w, 2), 2 * 640);
 }
 
 /* ----------------------------------------------------------------- ops */
@@ -1161,7 +1186,7 @@ Test(dispatch, tables_cover_supported_types)
 	for (int k = 0; k < 2; k++) {
 		const kern_table *t = tables[k];
 		cr_assert_not_null(t->name);
-		cr_assert(t->rmsnorm && t->swiglu && t->softmax);
+		cr_assert(t->rmsnorm && t->swiglu && t->softmax && t->rope && t->attn);
 		for (int type = 0; type < QTYPE_COUNT; type++) {
 			const qtype_info *qi = qtype_get(type);
 			if (!qi || !qi->supported)
@@ -1181,4 +1206,446 @@ Test(dispatch, kernels_env_ref)
 	setenv("KERNELS", "ref", 1);
 	kern_init();
 	cr_assert_str_eq(kern.name, "ref");
+}
+
+/* ------------------------------------------------ implementations vs ref */
+
+/* Per-op tolerances of a SIMD implementation against the reference. 0 means
+   bit-identical. Quantized dot products and matmuls are always exact: their
+   integer block sums are exact and the f32 steps are the reference's. */
+typedef struct {
+	const char *op;
+	double tol;
+	const char *why;
+} impl_tol;
+
+static const impl_tol impl_tols[] = {
+	{ "from_float", 0, "same max, multiplier, rounding mode and scale rounding as ref" },
+	{ "matmul_quant", 0, "exact integer block sums, ref's f32 steps in ref's order" },
+	{ "matmul_float", -1, "float_dot_tol(n) * sum|w x|: f32 lanes instead of a double sum" },
+	{ "rmsnorm", 1e-6, "double sum of squares in another order, same f32 steps (relative)" },
+	{ "swiglu", 1e-6, "polynomial expf within 2 ulp, then the same f32 steps (relative)" },
+	{ "softmax", 2e-6, "polynomial expf, f32 lane sums (absolute, probabilities <= 1)" },
+	{ "rope", 0, "the same products and one add/sub, no FMA" },
+	{ "attn_f32", 4e-6, "f32 lane dots, online softmax rescaling (x max|v|)" },
+	{ "attn_f16", 5e-4, "ref rounds the weights p/sum to f16: 2^-11 relative (x max|v|)" },
+	{ "attn_bf16", 4e-3, "ref rounds the weights p/sum to bf16: 2^-8 relative (x max|v|)" },
+};
+
+static double impl_tol_for(const char *op)
+{
+	for (size_t i = 0; i < sizeof(impl_tols) / sizeof(impl_tols[0]); i++)
+		if (!strcmp(impl_tols[i].op, op))
+			return impl_tols[i].tol;
+	cr_assert_fail("no tolerance for %s", op);
+	return 0;
+}
+
+/* Activations with the awkward cases mixed in: blocks of zeros, ties, huge
+   and tiny values, a lone inf or NaN, denormals. */
+static void fill_awkward(float *x, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++) {
+		int64_t blk = i / 32;
+		switch (blk % 9) {
+		case 1: x[i] = 0; break;
+		case 2: x[i] = (float)((int)(rng_u32() % 255) - 127) + 0.5f; break; /* .5 ties at amax 127 */
+		case 3: x[i] = rng_normal() * 1e-30f; break;
+		case 4: x[i] = rng_normal() * 3e4f; break;
+		case 5: x[i] = i % 32 == 7 ? INFINITY : rng_normal(); break;
+		case 6: x[i] = i % 32 == 3 ? NAN : rng_normal(); break;
+		case 7: x[i] = bits_f32(rng_u32() & 0x807fffffu); break; /* denormals */
+		default: x[i] = rng_normal() * 2.0f; break;
+		}
+	}
+	if (n >= 32) {
+		x[64 % n] = 127.0f; /* block 2 has amax 127: multiplier exactly 1 */
+	}
+}
+
+Test(impl, from_float_bit_exact)
+{
+	static const int types[] = { QTYPE_Q8_0, QTYPE_Q8_1, QTYPE_Q8_K, QTYPE_F16, QTYPE_BF16 };
+	static const int64_t sizes[] = { 1, 5, 16, 17, 33, 256, 768, 4096 };
+	enum { MAXN = 4096 };
+	float *xbuf = malloc((MAXN + 1) * sizeof(float));
+	uint8_t *want = malloc(MAXN * 4), *got = malloc(MAXN * 4 + 1);
+	const kern_table *ref = kern_ref();
+	rng_seed(21);
+	for (int ii = 1; impls_to_test(ii); ii++) {
+		const kern_table *kt = impls_to_test(ii);
+		for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+			int type = types[ti];
+			for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+				int64_t n = sizes[si];
+				size_t bytes = qtype_row_size(type, n);
+				if (!bytes)
+					continue;
+				for (int rep = 0; rep < 3; rep++) {
+					float *x = xbuf + (rep & 1); /* unaligned half the time */
+					if (rep == 2)
+						fill_awkward(x, n);
+					else
+						fill_normal(x, n, rep ? 50.0f : 1.0f);
+					ref->from_float[type](x, want, n);
+					memset(got, 0xa5, bytes + 1);
+					kt->from_float[type](x, got + (rep & 1), n);
+					cr_assert_eq(memcmp(got + (rep & 1), want, bytes), 0, "%s from_float %s n=%ld rep %d",
+						     kt->name, qtype_name(type), (long)n, rep);
+				}
+			}
+		}
+	}
+	free(xbuf);
+	free(want);
+	free(got);
+}
+
+/* y = x W^T by the reference: from_float + vec_dot, one element at a time. */
+static void ref_matmul(const kern_weight *w, const float *x, int64_t n_tok, float *y, double *mag)
+{
+	const kern_table *ref = kern_ref();
+	int vt = qtype_get(w->type)->vec_dot_type;
+	size_t ys = qtype_row_size(vt, w->n_in), rs = qtype_row_size(w->type, w->n_in);
+	uint8_t *act = malloc(ys);
+	float *wf = malloc((size_t)w->n_in * sizeof(float)), *af = malloc((size_t)w->n_in * sizeof(float));
+	for (int64_t t = 0; t < n_tok; t++) {
+		ref->from_float[vt](x + t * w->n_in, act, w->n_in);
+		ref->to_float[vt](act, af, w->n_in);
+		for (int64_t o = 0; o < w->n_out; o++) {
+			const uint8_t *row = (const uint8_t *)w->data + o * rs;
+			y[t * w->n_out + o] = ref->vec_dot[w->type](w->n_in, row, act);
+			if (mag) {
+				ref->to_float[w->type](row, wf, w->n_in);
+				double m = 0;
+				for (int64_t i = 0; i < w->n_in; i++)
+					m += fabs((double)wf[i] * af[i]);
+				mag[t * w->n_out + o] = m;
+			}
+		}
+	}
+	free(act);
+	free(wf);
+	free(af);
+}
+
+/* The impl's own vec_dot, element by element (the batch-invariance contract). */
+static void own_matmul(const kern_table *kt, const kern_weight *w, const float *x, int64_t n_tok, float *y)
+{
+	int vt = qtype_get(w->type)->vec_dot_type;
+	size_t ys = qtype_row_size(vt, w->n_in), rs = qtype_row_size(w->type, w->n_in);
+	uint8_t *act = malloc(ys);
+	for (int64_t t = 0; t < n_tok; t++) {
+		kt->from_float[vt](x + t * w->n_in, act, w->n_in);
+		for (int64_t o = 0; o < w->n_out; o++)
+			y[t * w->n_out + o] = kt->vec_dot[w->type](w->n_in, (const uint8_t *)w->data + o * rs, act);
+	}
+	free(act);
+}
+
+Test(impl, matmul_vs_ref_edge_shapes, .timeout = 120)
+{
+	/* n_in: one block, a few blocks, not a multiple of the 1024-element
+	   panel chunk; n_tok: GEMV sizes 1-3, GEMM from 4, partial groups of 16;
+	   n_out: 1, odd, more than one 8-row tile. */
+	static const int64_t n_toks[] = { 1, 2, 3, 4, 5, 16, 17, 35 };
+	static const int64_t n_outs[] = { 1, 7, 37 };
+	char err[ERR_LEN];
+	threadpool *pools[4] = { NULL };
+	for (int p = 2; p <= 3; p++) {
+		pools[p] = threadpool_create(p, err);
+		cr_assert_not_null(pools[p], "%s", err);
+	}
+	rng_seed(22);
+	for (int ii = 1; impls_to_test(ii); ii++) {
+		const kern_table *kt = impls_to_test(ii);
+		for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+			int type = weight_types[ti];
+			const qtype_info *qi = qtype_get(type);
+			int blk = qi->blck == QK_K ? QK_K : 32;
+			const int64_t n_ins[] = { blk, 2 * blk, qi->blck == QK_K ? 5 * QK_K : 1280,
+						  qi->blck == 1 ? 33 : blk };
+			for (size_t ni = 0; ni < sizeof(n_ins) / sizeof(n_ins[0]); ni++) {
+				int64_t n_in = n_ins[ni];
+				for (size_t oi = 0; oi < sizeof(n_outs) / sizeof(n_outs[0]); oi++) {
+					int64_t n_out = n_outs[oi];
+					size_t rs = qtype_row_size(type, n_in);
+					uint8_t *wbuf = malloc(rs * n_out + 1);
+					for (int64_t o = 0; o < n_out; o++)
+						make_row(type, n_in, wbuf + 1 + o * rs, o % 3 == 1);
+					kern_weight w = { type, n_in, n_out, wbuf + 1 };
+					int64_t maxt = n_toks[sizeof(n_toks) / sizeof(n_toks[0]) - 1];
+					float *xbuf = malloc(((size_t)(maxt * n_in) + 1) * sizeof(float));
+					float *x = xbuf + 1;
+					fill_normal(x, maxt * n_in, 2.0f);
+					float *want = malloc(sizeof(float) * (size_t)(maxt * n_out));
+					float *own = malloc(sizeof(float) * (size_t)(maxt * n_out));
+					float *got = malloc(sizeof(float) * (size_t)(maxt * n_out));
+					double *mag = malloc(sizeof(double) * (size_t)(maxt * n_out));
+					ref_matmul(&w, x, maxt, want, mag);
+					own_matmul(kt, &w, x, maxt, own);
+					for (size_t k = 0; k < sizeof(n_toks) / sizeof(n_toks[0]); k++) {
+						int64_t nt = n_toks[k];
+						void *scratch = aligned_scratch(kern_matmul_scratch_t(kt, &w, nt));
+						for (int p = 1; p <= 3; p++) {
+							memset(got, 0xff, sizeof(float) * (size_t)(nt * n_out));
+							kern_matmul_t(kt, pools[p], &w, x, nt, got, scratch);
+							cr_assert_eq(memcmp(got, own, sizeof(float) * (size_t)(nt * n_out)), 0,
+								     "%s %s n_in=%ld n_out=%ld n_tok=%ld %d threads: "
+								     "matmul differs from its own vec_dot",
+								     kt->name, qi->name, (long)n_in, (long)n_out, (long)nt, p);
+						}
+						alloc_free(scratch);
+					}
+					for (int64_t e = 0; e < maxt * n_out; e++) {
+						if (qi->blck > 1) {
+							cr_assert_eq(f32_bits(own[e]), f32_bits(want[e]),
+								     "%s %s n_in=%ld elem %ld: %.9g vs ref %.9g (%s)",
+								     kt->name, qi->name, (long)n_in, (long)e, (double)own[e],
+								     (double)want[e], impl_tols[1].why);
+						} else {
+							double tol = float_dot_tol(n_in) * mag[e] + 1e-30;
+							cr_assert(fabs((double)own[e] - want[e]) <= tol,
+								  "%s %s n_in=%ld elem %ld: %.9g vs ref %.9g > %.3g (%s)",
+								  kt->name, qi->name, (long)n_in, (long)e, (double)own[e],
+								  (double)want[e], tol, impl_tols[2].why);
+						}
+					}
+					free(wbuf);
+					free(xbuf);
+					free(want);
+					free(own);
+					free(got);
+					free(mag);
+				}
+			}
+		}
+	}
+	for (int p = 2; p <= 3; p++)
+		threadpool_destroy(pools[p]);
+	(void)impl_tol_for("matmul_quant");
+}
+
+/* Many token groups (more than one pass of 32 groups of 16) and a long row. */
+Test(impl, matmul_many_tokens, .timeout = 120)
+{
+	static const int types[] = { QTYPE_Q8_0, QTYPE_Q4_K, QTYPE_Q6_K, QTYPE_F16 };
+	enum { N_TOK = 530, N_OUT = 9 };
+	rng_seed(23);
+	for (int ii = 1; impls_to_test(ii); ii++) {
+		const kern_table *kt = impls_to_test(ii);
+		for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+			int type = types[ti];
+			int64_t n_in = 2304; /* 2 panel chunks + 256 */
+			size_t rs = qtype_row_size(type, n_in);
+			uint8_t *wb = malloc(rs * N_OUT);
+			for (int o = 0; o < N_OUT; o++)
+				make_row(type, n_in, wb + o * rs, 0);
+			kern_weight w = { type, n_in, N_OUT, wb };
+			float *x = malloc(sizeof(float) * N_TOK * (size_t)n_in);
+			fill_normal(x, N_TOK * n_in, 1.0f);
+			float *own = malloc(sizeof(float) * N_TOK * N_OUT), *got = malloc(sizeof(float) * N_TOK * N_OUT);
+			own_matmul(kt, &w, x, N_TOK, own);
+			void *scratch = aligned_scratch(kern_matmul_scratch_t(kt, &w, N_TOK));
+			kern_matmul_t(kt, NULL, &w, x, N_TOK, got, scratch);
+			cr_assert_eq(memcmp(got, own, sizeof(float) * N_TOK * N_OUT), 0, "%s %s", kt->name,
+				     qtype_name(type));
+			alloc_free(scratch);
+			free(wb);
+			free(x);
+			free(own);
+			free(got);
+		}
+	}
+}
+
+Test(impl, ops_vs_ref)
+{
+	static const int64_t sizes[] = { 1, 7, 16, 33, 1000 };
+	enum { MAXN = 1000 };
+	float *buf = malloc(8 * (MAXN + 1) * sizeof(float));
+	const kern_table *ref = kern_ref();
+	rng_seed(24);
+	for (int ii = 1; impls_to_test(ii); ii++) {
+		const kern_table *kt = impls_to_test(ii);
+		for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+			int64_t n = sizes[si];
+			float *x = buf + 1, *w = x + MAXN + 1, *g = w + MAXN + 1, *a = g + MAXN + 1, *b = a + MAXN + 1;
+			fill_normal(x, n, 3.0f);
+			fill_normal(w, n, 1.0f);
+			fill_normal(g, n, 4.0f);
+			ref->rmsnorm(a, x, w, n, 1e-5f);
+			kt->rmsnorm(b, x, w, n, 1e-5f);
+			for (int64_t i = 0; i < n; i++)
+				cr_assert(fabs(a[i] - b[i]) <= impl_tol_for("rmsnorm") * fabs(a[i]) + 1e-30,
+					  "%s rmsnorm n=%ld [%ld]: %g vs %g", kt->name, (long)n, (long)i, (double)b[i],
+					  (double)a[i]);
+			memcpy(a, x, sizeof(float) * (size_t)n);
+			memcpy(b, x, sizeof(float) * (size_t)n);
+			ref->swiglu(a, g, n);
+			kt->swiglu(b, g, n);
+			for (int64_t i = 0; i < n; i++)
+				cr_assert(fabs(a[i] - b[i]) <= impl_tol_for("swiglu") * fabs(a[i]) + 1e-30,
+					  "%s swiglu n=%ld [%ld]: %g vs %g", kt->name, (long)n, (long)i, (double)b[i],
+					  (double)a[i]);
+			memcpy(a, g, sizeof(float) * (size_t)n);
+			memcpy(b, g, sizeof(float) * (size_t)n);
+			a[n / 2] = b[n / 2] = 90.0f; /* expf(90) overflows without the max subtraction */
+			ref->softmax(a, n);
+			kt->softmax(b, n);
+			for (int64_t i = 0; i < n; i++)
+				cr_assert(fabs(a[i] - b[i]) <= impl_tol_for("softmax"), "%s softmax n=%ld [%ld]: %g vs %g",
+					  kt->name, (long)n, (long)i, (double)b[i], (double)a[i]);
+		}
+		/* rope: both pair layouts, partial rotation, head sizes with tails */
+		static const int shapes[][3] = { { 64, 64, 3 }, { 8, 8, 2 }, { 80, 64, 2 }, { 32, 18, 1 }, { 128, 128, 1 } };
+		for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++) {
+			int hd = shapes[k][0], n_rot = shapes[k][1], nh = shapes[k][2];
+			for (int neox = 0; neox < 2; neox++) {
+				float *x = buf + 1, *cs = x + 1024, *sn = cs + 128, *a = sn + 128, *b = a + 1024;
+				fill_normal(x, hd * nh, 2.0f);
+				for (int i = 0; i < n_rot / 2; i++) {
+					float ang = (float)(rng_unit() * 6.28);
+					cs[i] = cosf(ang);
+					sn[i] = sinf(ang);
+				}
+				memcpy(a, x, sizeof(float) * (size_t)(hd * nh));
+				memcpy(b, x, sizeof(float) * (size_t)(hd * nh));
+				ref->rope(a, nh, hd, n_rot, neox, cs, sn);
+				kt->rope(b, nh, hd, n_rot, neox, cs, sn);
+				cr_assert_eq(memcmp(a, b, sizeof(float) * (size_t)(hd * nh)), 0, "%s rope hd=%d n_rot=%d neox=%d",
+					     kt->name, hd, n_rot, neox);
+				(void)impl_tol_for("rope");
+			}
+		}
+	}
+	free(buf);
+}
+
+/* A paged K/V pool with shuffled pages for n_seq sequences of up to max_pos. */
+typedef struct {
+	int n_head, n_head_kv, hd, dtype, page_size, n_pages, max_pos, n_seq;
+	uint8_t *k, *v;
+	int32_t *pages[4];
+	float vmax;
+} test_pool;
+
+static void pool_make(test_pool *P, int n_head, int n_head_kv, int hd, int dtype, int page_size, int max_pos, int n_seq)
+{
+	memset(P, 0, sizeof(*P));
+	P->n_head = n_head;
+	P->n_head_kv = n_head_kv;
+	P->hd = hd;
+	P->dtype = dtype;
+	P->page_size = page_size;
+	P->max_pos = max_pos;
+	P->n_seq = n_seq;
+	int per_seq = (max_pos + page_size - 1) / page_size;
+	P->n_pages = per_seq * n_seq;
+	size_t kvd = (size_t)n_head_kv * hd, es = dtype == QTYPE_F32 ? 4 : 2;
+	size_t n = (size_t)P->n_pages * page_size * kvd;
+	P->k = malloc(n * es + 2);
+	P->v = malloc(n * es + 2);
+	float *tmp = malloc(n * sizeof(float));
+	const kern_table *ref = kern_ref();
+	fill_normal(tmp, (int64_t)n, 1.5f);
+	ref->from_float[dtype](tmp, P->k, (int64_t)n);
+	fill_normal(tmp, (int64_t)n, 1.0f);
+	P->vmax = 0;
+	for (size_t i = 0; i < n; i++)
+		P->vmax = fmaxf(P->vmax, fabsf(tmp[i]));
+	ref->from_float[dtype](tmp, P->v, (int64_t)n);
+	free(tmp);
+	/* pages dealt out in a scrambled order */
+	int32_t *perm = malloc(sizeof(int32_t) * (size_t)P->n_pages);
+	for (int i = 0; i < P->n_pages; i++)
+		perm[i] = i;
+	for (int i = P->n_pages - 1; i > 0; i--) {
+		int j = (int)(rng_u32() % (uint32_t)(i + 1));
+		int32_t tmpp = perm[i];
+		perm[i] = perm[j];
+		perm[j] = tmpp;
+	}
+	for (int s = 0; s < n_seq; s++) {
+		P->pages[s] = malloc(sizeof(int32_t) * (size_t)per_seq);
+		memcpy(P->pages[s], perm + s * per_seq, sizeof(int32_t) * (size_t)per_seq);
+	}
+	free(perm);
+}
+
+static void pool_free(test_pool *P)
+{
+	free(P->k);
+	free(P->v);
+	for (int s = 0; s < P->n_seq; s++)
+		free(P->pages[s]);
+}
+
+static void run_attn(const kern_table *kt, threadpool *tp, const test_pool *P, int n_tok, const int32_t *pos,
+		     const int32_t *seq, const float *q, float *out)
+{
+	kern_attn a = { .n_tokens = n_tok, .n_head = P->n_head, .n_head_kv = P->n_head_kv, .head_dim = P->hd,
+			.kv_dtype = P->dtype, .page_size = P->page_size, .scale = 1.0f / sqrtf((float)P->hd),
+			.q = q, .out = out, .k = P->k, .v = P->v, .pos = pos, .seq = seq,
+			.pages = (const int32_t *const *)P->pages };
+	int nth = tp ? threadpool_size(tp) : 1;
+	size_t wf = kern_attn_work_floats(P->n_head, P->n_head_kv, P->hd, P->max_pos);
+	float *work = aligned_scratch(sizeof(float) * wf * (size_t)nth);
+	kern_attention_t(kt, tp, &a, work, wf);
+	alloc_free(work);
+}
+
+Test(impl, attention_vs_ref_and_invariant, .timeout = 120)
+{
+	/* head_dim with and without a 16-lane tail, GQA 1:1 to 4:1, page sizes
+	   1, 7 and 16, contexts around the 16-position chunk */
+	static const int shapes[][4] = { /* n_head, n_head_kv, hd, page_size */
+		{ 4, 4, 64, 16 }, { 8, 2, 32, 7 }, { 4, 1, 80, 16 }, { 8, 8, 8, 1 }, { 6, 3, 48, 5 },
+	};
+	static const int dtypes[] = { QTYPE_F32, QTYPE_F16, QTYPE_BF16 };
+	static const char *const tol_names[] = { "attn_f32", "attn_f16", "attn_bf16" };
+	enum { N_TOK = 6 };
+	const int32_t pos[N_TOK] = { 0, 15, 16, 17, 99, 40 }, seq[N_TOK] = { 0, 1, 0, 1, 0, 1 };
+	char err[ERR_LEN];
+	threadpool *tp3 = threadpool_create(3, err);
+	cr_assert_not_null(tp3, "%s", err);
+	rng_seed(25);
+	for (int ii = 1; impls_to_test(ii); ii++) {
+		const kern_table *kt = impls_to_test(ii);
+		for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+			for (size_t di = 0; di < sizeof(dtypes) / sizeof(dtypes[0]); di++) {
+				test_pool P;
+				pool_make(&P, shapes[si][0], shapes[si][1], shapes[si][2], dtypes[di], shapes[si][3], 100, 2);
+				size_t qd = (size_t)P.n_head * P.hd;
+				float *q = malloc(sizeof(float) * qd * N_TOK), *want = malloc(sizeof(float) * qd * N_TOK);
+				float *got = malloc(sizeof(float) * qd * N_TOK), *one = malloc(sizeof(float) * qd);
+				fill_normal(q, (int64_t)qd * N_TOK, 1.0f);
+				run_attn(kern_ref(), NULL, &P, N_TOK, pos, seq, q, want);
+				run_attn(kt, NULL, &P, N_TOK, pos, seq, q, got);
+				double tol = impl_tol_for(tol_names[di]) * P.vmax;
+				for (size_t e = 0; e < qd * N_TOK; e++)
+					cr_assert(fabs((double)got[e] - want[e]) <= tol,
+						  "%s attn heads %d/%d hd %d page %d %s elem %zu: %g vs ref %g (tol %g)",
+						  kt->name, P.n_head, P.n_head_kv, P.hd, P.page_size, qtype_name(P.dtype), e,
+						  (double)got[e], (double)want[e], tol);
+				/* bit-identical with 3 threads (other unit sizes) and token by token */
+				float *got3 = malloc(sizeof(float) * qd * N_TOK);
+				run_attn(kt, tp3, &P, N_TOK, pos, seq, q, got3);
+				cr_assert_eq(memcmp(got3, got, sizeof(float) * qd * N_TOK), 0, "%s attn: 3 threads differ",
+					     kt->name);
+				for (int t = 0; t < N_TOK; t++) {
+					run_attn(kt, tp3, &P, 1, pos + t, seq + t, q + t * qd, one);
+					cr_assert_eq(memcmp(one, got + t * qd, sizeof(float) * qd), 0,
+						     "%s attn: token %d alone differs", kt->name, t);
+				}
+				free(got3);
+				free(q);
+				free(want);
+				free(got);
+				free(one);
+				pool_free(&P);
+			}
+		}
+	}
+	threadpool_destroy(tp3);
 }

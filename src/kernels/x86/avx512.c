@@ -1,0 +1,1410 @@
+/* avx512.c - AVX-512 kernels (F, BW, VL, DQ, VNNI, BF16; built with those -m flags).
+ *
+ * What is here, per op:
+ *  - from_float for the activation types (Q8_0, Q8_1, Q8_K, F16, BF16):
+ *    the reference's rules bit for bit (the same max, the same 127/amax or
+ *    -127/max multiplier, vcvtps2dq's round-to-nearest-even, vcvtps2ph for
+ *    f16 scales; NaN lanes become code 0 as in the reference).
+ *  - Quantized matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) through
+ *    kern.mm_*, in two shapes that share one rule: integer block sums are
+ *    exact (vpdpbusd), and the f32 steps are the reference's, in its order
+ *    ((d_x * d_y) * isum added block after block, the min terms summed
+ *    apart). So every output is bit-identical to the reference vec_dot, and
+ *    hence to any other tiling (batch invariance for free).
+ *      GEMV (n_tok < GEMM_MIN_TOK): 8 weight rows at a time, read straight
+ *      from the mapped file. Each row's codes become unsigned bytes (Q8_0:
+ *      w ^ 0x80; Q4/Q5/Q6: the stored 4/5/6-bit codes), vpdpbusd against the
+ *      signed activation codes gives 8 lanes of partial sums per row, and a
+ *      transpose-add tree turns 8 rows x 8 lanes into one vector of 8 row
+ *      sums. The code offset (128, 8, 16, 32) is taken back with the
+ *      activation block's code sum: sum (u - off) a = sum u a - off sum a.
+ *      GEMM (n_tok >= GEMM_MIN_TOK): activations are re-laid out for groups
+ *      of 16 tokens, 4 consecutive codes of one token in each dword lane, as
+ *      unsigned bytes (a + 128). A panel of 8 weight rows x KC elements is
+ *      unpacked once into signed codes plus per-block scales and the
+ *      correction -128 sum(codes); then for every token group each weight
+ *      dword is broadcast straight from the panel into vpdpbusd, so one
+ *      instruction does 4 multiply-adds for each of 16 tokens, and the
+ *      16-lane result is already one token per lane: no horizontal sums.
+ *  - F32/F16/BF16 matmul: 16 f32 lanes per output, one fused multiply-add
+ *    (vdpbf16ps for BF16) per 16 (32) elements in index order, a fixed
+ *    reduction at the end; the tile (rows x tokens) only decides which
+ *    outputs share the loads, so a tile and vec_dot agree bit for bit. These
+ *    differ from the reference's double sums by f32 rounding (tolerance table
+ *    in kernels_test.c).
+ *  - rmsnorm (squares summed in double, like the reference), swiglu and
+ *    softmax (a polynomial expf within 2 ulp), rope (bit-exact: the same
+ *    products and sums, no FMA), paged attention (online softmax over
+ *    chunks of 16 positions; see kernels.h).
+ *
+ * Invariants: nothing allocates; panels and accumulators live on the stack
+ * (under 64 KiB); every load of a weight or activation row stays inside its
+ * row (tails use masks).
+ *
+ * Left out: IQ types and Q2_K/Q3_K (not supported anywhere), to_float
+ * (dequantization is only used for embedding rows), weight repacking at load
+ * time (the panel is rebuilt per call instead, which costs little because it
+ * is amortized over 16-token groups).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "base/half.h"
+#include "kernels/kernels_int.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static inline size_t round64(size_t n)
+{
+	return (n + 63) & ~(size_t)63;
+}
+
+INLINE float f16_to_f32(uint16_t h)
+{
+	return _cvtsh_ss(h);
+}
+
+INLINE uint16_t ld16(const uint8_t *p)
+{
+	uint16_t v;
+	memcpy(&v, p, 2);
+	return v;
+}
+
+INLINE int32_t ld32(const void *p)
+{
+	int32_t v;
+	memcpy(&v, p, 4);
+	return v;
+}
+
+/* Sum of the 8 int32 lanes of each of v[0..7], as lane r of the result:
+   a transpose-add tree (integer, so the order does not matter). */
+INLINE __m256i tree8(const __m256i v[8])
+{
+	__m256i a01 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+	__m256i a23 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+	__m256i a45 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[4], v[5]), _mm256_unpackhi_epi32(v[4], v[5]));
+	__m256i a67 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[6], v[7]), _mm256_unpackhi_epi32(v[6], v[7]));
+	__m256i b03 = _mm256_add_epi32(_mm256_unpacklo_epi64(a01, a23), _mm256_unpackhi_epi64(a01, a23));
+	__m256i b47 = _mm256_add_epi32(_mm256_unpacklo_epi64(a45, a67), _mm256_unpackhi_epi64(a45, a67));
+	return _mm256_add_epi32(_mm256_permute2x128_si256(b03, b47, 0x20),
+				_mm256_permute2x128_si256(b03, b47, 0x31));
+}
+
+INLINE __m256i fold512(__m512i v)
+{
+	return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+}
+
+/* f32 -> bf16 bits, round to nearest even, NaN kept quiet (= half_f32_to_bf16). */
+INLINE __m256i bf16_round(__m512 x)
+{
+	__m512i u = _mm512_castps_si512(x);
+	__m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+	__m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+	__mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+	r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(64)));
+	return _mm512_cvtepi32_epi16(r);
+}
+
+INLINE __m512 bf16_to_f32(__m256i h)
+{
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* ---- expf ------------------------------------------------------------------ */
+
+/* e^x within 2 ulp for x in [-87, 88.7]; 0 below -104, inf above 88.8 is
+   not reached by the callers (arguments are <= 0 or bounded). NaN stays NaN. */
+INLINE __m512 exp512(__m512 x)
+{
+	x = _mm512_min_ps(_mm512_set1_ps(88.72f), x);
+	x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+	__m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+					_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	__m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+	r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+	__m512 p = _mm512_set1_ps(1.9875691500e-4f);
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+	p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+	p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+	return _mm512_scalef_ps(p, n);
+}
+
+/* ---- activation quantization (the reference's rules, bit for bit) ---------- */
+
+/* Round to nearest even and clamp to [-128, 127]; NaN -> 0 (round_even_clamp). */
+INLINE __m512i round_clamp(__m512 v)
+{
+	__mmask16 ok = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
+	v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
+	return _mm512_maskz_cvtps_epi32(ok, v);
+}
+
+/* |x| with NaN as 0: what fmaxf(amax, fabsf(x)) sees. */
+INLINE __m512 abs_nonan(__m512 x)
+{
+	return _mm512_max_ps(_mm512_abs_ps(x), _mm512_setzero_ps());
+}
+
+/* 32 floats by the Q8_0 rule: codes (ymm), returns d = amax / 127 (unrounded). */
+INLINE __m256i q8_block(const float *x, float *d, __m512i *i0, __m512i *i1)
+{
+	__m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+	float amax = _mm512_reduce_max_ps(_mm512_max_ps(abs_nonan(a), abs_nonan(b)));
+	float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+	__m512 vid = _mm512_set1_ps(id);
+	*i0 = round_clamp(_mm512_mul_ps(a, vid));
+	*i1 = round_clamp(_mm512_mul_ps(b, vid));
+	*d = amax / 127.0f;
+	return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(*i0)),
+				       _mm512_cvtepi32_epi8(*i1), 1);
+}
+
+static void from_float_q8_0(const float *src, void *dst, int64_t n)
+{
+	uint8_t *p = dst;
+	for (int64_t i = 0; i < n / QK8_0; i++, src += QK8_0, p += sizeof(block_q8_0)) {
+		float d;
+		__m512i i0, i1;
+		__m256i q = q8_block(src, &d, &i0, &i1);
+		uint16_t dh = half_f32_to_f16(d);
+		memcpy(p, &dh, 2);
+		_mm256_storeu_si256((__m256i *)(p + 2), q);
+	}
+}
+
+static void from_float_q8_1(const float *src, void *dst, int64_t n)
+{
+	uint8_t *p = dst;
+	for (int64_t i = 0; i < n / QK8_1; i++, src += QK8_1, p += sizeof(block_q8_1)) {
+		float d;
+		__m512i i0, i1;
+		__m256i q = q8_block(src, &d, &i0, &i1);
+		int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+		uint16_t h[2] = { half_f32_to_f16(d), half_f32_to_f16(d * (float)sum) };
+		memcpy(p, h, 4);
+		_mm256_storeu_si256((__m256i *)(p + 4), q);
+	}
+}
+
+/* 256 floats by the Q8_K rule: codes, d, bsums. */
+INLINE void q8k_block(const float *x, int8_t *qs, float *d, int16_t *bsums)
+{
+	__m512 m = _mm512_setzero_ps();
+	for (int k = 0; k < 16; k++)
+		m = _mm512_max_ps(abs_nonan(_mm512_loadu_ps(x + 16 * k)), m);
+	float amax = _mm512_reduce_max_ps(m);
+	if (amax == 0.0f) {
+		memset(qs, 0, QK_K);
+		memset(bsums, 0, 32);
+		*d = 0.0f;
+		return;
+	}
+	float max = 0.0f;
+	__m512 va = _mm512_set1_ps(amax);
+	for (int k = 0; k < 16; k++) {
+		__mmask16 e = _mm512_cmp_ps_mask(abs_nonan(_mm512_loadu_ps(x + 16 * k)), va, _CMP_EQ_OQ);
+		if (e) {
+			max = x[16 * k + __builtin_ctz(e)];
+			break;
+		}
+	}
+	float iscale = -127.0f / max;
+	__m512 vs = _mm512_set1_ps(iscale);
+	for (int k = 0; k < 16; k++) {
+		__m512i q = round_clamp(_mm512_mul_ps(vs, _mm512_loadu_ps(x + 16 * k)));
+		_mm_storeu_si128((__m128i *)(qs + 16 * k), _mm512_cvtepi32_epi8(q));
+		bsums[k] = (int16_t)_mm512_reduce_add_epi32(q);
+	}
+	*d = 1.0f / iscale;
+}
+
+static void from_float_q8_k(const float *src, void *dst, int64_t n)
+{
+	uint8_t *p = dst;
+	for (int64_t i = 0; i < n / QK_K; i++, src += QK_K, p += sizeof(block_q8_k)) {
+		block_q8_k b;
+		q8k_block(src, b.qs, &b.d, b.bsums);
+		memcpy(p, &b, sizeof(b));
+	}
+}
+
+static void from_float_f16(const float *src, void *dst, int64_t n)
+{
+	uint8_t *p = dst;
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16)
+		_mm256_storeu_si256((__m256i *)(p + 2 * i),
+				    _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+	if (i < n) {
+		__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+		_mm256_mask_storeu_epi16(p + 2 * i, m,
+					 _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, src + i), _MM_FROUND_TO_NEAREST_INT));
+	}
+}
+
+static void from_float_bf16(const float *src, void *dst, int64_t n)
+{
+	uint8_t *p = dst;
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16)
+		_mm256_storeu_si256((__m256i *)(p + 2 * i), bf16_round(_mm512_loadu_ps(src + i)));
+	if (i < n) {
+		__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+		_mm256_mask_storeu_epi16(p + 2 * i, m, bf16_round(_mm512_maskz_loadu_ps(m, src + i)));
+	}
+}
+
+static void to_float_f16(const void *src, float *dst, int64_t n)
+{
+	const uint8_t *p = src;
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16)
+		_mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * i))));
+	for (; i < n; i++)
+		dst[i] = f16_to_f32(ld16(p + 2 * i));
+}
+
+static void to_float_bf16(const void *src, float *dst, int64_t n)
+{
+	const uint8_t *p = src;
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16)
+		_mm512_storeu_ps(dst + i, bf16_to_f32(_mm256_loadu_si256((const __m256i *)(p + 2 * i))));
+	for (; i < n; i++)
+		dst[i] = half_bf16_to_f32(ld16(p + 2 * i));
+}
+
+/* ---- quantized matmul: activation layouts ---------------------------------- */
+
+#define GEMM_MIN_TOK 4 /* n_tok from which the GEMM shape is used */
+#define GR 8           /* weight rows per tile */
+#define KC 1024        /* panel chunk (elements), a multiple of 256 */
+#define GB 32          /* token groups (of 16) per panel pass */
+#define BLK8 640       /* GEMM bytes per Q8_0/Q8_1 block of a group: codes 512, d 64, s 64 */
+#define BLKK 4416      /* GEMM bytes per Q8_K block of a group: codes 4096, d 64, min sums 256 */
+
+static int use_gemm(int64_t n_tok)
+{
+	return n_tok >= GEMM_MIN_TOK;
+}
+
+/* GEMV layout: one record per token, stride bytes apart:
+     codes int8[n_in] | d f32[nb] | s f32[nb] (Q8_1) | sum int32[n_in/32] |
+     ssum int16[n_in/32] (Q8_K: sums of 32 codes) | bsums int16[n_in/16] (Q8_K)
+   nb = blocks of the type (32 or 256 elements). */
+typedef struct {
+	size_t d, s, sum, ssum, bsums, stride;
+} rowlay;
+
+static rowlay row_layout(int vt, int64_t n_in)
+{
+	rowlay L;
+	size_t nb = (size_t)(vt == QTYPE_Q8_K ? n_in / QK_K : n_in / 32), n32 = (size_t)n_in / 32;
+	L.d = round64((size_t)n_in);
+	L.s = L.d + round64(4 * nb);
+	L.sum = L.s + round64(4 * nb);
+	L.ssum = L.sum + round64(4 * n32);
+	L.bsums = L.ssum + round64(2 * n32);
+	L.stride = L.bsums + round64(2 * ((size_t)n_in / 16));
+	return L;
+}
+
+static size_t group_stride(int vt, int64_t n_in)
+{
+	return vt == QTYPE_Q8_K ? (size_t)(n_in / QK_K) * BLKK : (size_t)(n_in / 32) * BLK8;
+}
+
+static size_t act_bytes(int vt, int64_t n_in, int64_t n_tok)
+{
+	if (use_gemm(n_tok))
+		return (size_t)((n_tok + 15) / 16) * group_stride(vt, n_in);
+	return (size_t)n_tok * row_layout(vt, n_in).stride;
+}
+
+static size_t act_bytes_q8_0(int64_t n_in, int64_t n_tok) { return act_bytes(QTYPE_Q8_0, n_in, n_tok); }
+static size_t act_bytes_q8_1(int64_t n_in, int64_t n_tok) { return act_bytes(QTYPE_Q8_1, n_in, n_tok); }
+static size_t act_bytes_q8_k(int64_t n_in, int64_t n_tok) { return act_bytes(QTYPE_Q8_K, n_in, n_tok); }
+
+/* dword k of each 32-code block lands at lane l of row k: stride 64 bytes. */
+INLINE void scatter8(uint8_t *lane_base, __m256i v)
+{
+	const __m256i idx = _mm256_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448);
+	_mm256_i32scatter_epi32((int *)lane_base, idx, v, 1);
+}
+
+/* Q8_0 / Q8_1 activations, tokens split by groups of 16 (GEMM) or one by one. */
+static void convert_q8(int vt, const float *x, int64_t n_in, int64_t n_tok, uint8_t *act, int ith, int nth)
+{
+	const int64_t nb = n_in / 32;
+	if (!use_gemm(n_tok)) {
+		rowlay L = row_layout(vt, n_in);
+		int64_t t0, t1;
+		kern_split(n_tok, ith, nth, &t0, &t1);
+		for (int64_t t = t0; t < t1; t++) {
+			uint8_t *r = act + (size_t)t * L.stride;
+			float *d = (float *)(r + L.d), *s = (float *)(r + L.s);
+			int32_t *sum = (int32_t *)(r + L.sum);
+			for (int64_t b = 0; b < nb; b++) {
+				float db;
+				__m512i i0, i1;
+				__m256i q = q8_block(x + t * n_in + b * 32, &db, &i0, &i1);
+				_mm256_storeu_si256((__m256i *)(r + b * 32), q);
+				sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+				d[b] = f16_to_f32(half_f32_to_f16(db));
+				s[b] = f16_to_f32(half_f32_to_f16(db * (float)sum[b]));
+			}
+		}
+		return;
+	}
+	const size_t gs = group_stride(vt, n_in);
+	int64_t g0, g1;
+	kern_split((n_tok + 15) / 16, ith, nth, &g0, &g1);
+	for (int64_t g = g0; g < g1; g++) {
+		uint8_t *G = act + (size_t)g * gs;
+		for (int l = 0; l < 16; l++) {
+			int64_t t = 16 * g + l;
+			for (int64_t b = 0; b < nb; b++) {
+				uint8_t *B = G + (size_t)b * BLK8;
+				float db = 0, *d = (float *)(B + 512), *s = (float *)(B + 576);
+				__m256i q = _mm256_setzero_si256();
+				int sum = 0;
+				if (t < n_tok) {
+					__m512i i0, i1;
+					q = q8_block(x + t * n_in + b * 32, &db, &i0, &i1);
+					sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+				}
+				scatter8(B + 4 * l, _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)));
+				d[l] = f16_to_f32(half_f32_to_f16(db));
+				s[l] = f16_to_f32(half_f32_to_f16(db * (float)sum));
+			}
+		}
+	}
+}
+
+static void convert_q8_0(const float *x, int64_t n_in, int64_t n_tok, void *act, int ith, int nth)
+{
+	convert_q8(QTYPE_Q8_0, x, n_in, n_tok, act, ith, nth);
+}
+
+static void convert_q8_1(const float *x, int64_t n_in, int64_t n_tok, void *act, int ith, int nth)
+{
+	convert_q8(QTYPE_Q8_1, x, n_in, n_tok, act, ith, nth);
+}
+
+static void convert_q8_k(const float *x, int64_t n_in, int64_t n_tok, void *vact, int ith, int nth)
+{
+	uint8_t *act = vact;
+	const int64_t nsb = n_in / QK_K;
+	block_q8_k q;
+	if (!use_gemm(n_tok)) {
+		rowlay L = row_layout(QTYPE_Q8_K, n_in);
+		int64_t t0, t1;
+		kern_split(n_tok, ith, nth, &t0, &t1);
+		for (int64_t t = t0; t < t1; t++) {
+			uint8_t *r = act + (size_t)t * L.stride;
+			float *d = (float *)(r + L.d);
+			int16_t *ssum = (int16_t *)(r + L.ssum), *bs = (int16_t *)(r + L.bsums);
+			for (int64_t b = 0; b < nsb; b++) {
+				q8k_block(x + t * n_in + b * QK_K, (int8_t *)r + b * QK_K, &d[b], bs + 16 * b);
+				for (int j = 0; j < 8; j++)
+					ssum[8 * b + j] = (int16_t)(bs[16 * b + 2 * j] + bs[16 * b + 2 * j + 1]);
+			}
+		}
+		return;
+	}
+	const size_t gs = group_stride(QTYPE_Q8_K, n_in);
+	int64_t g0, g1;
+	kern_split((n_tok + 15) / 16, ith, nth, &g0, &g1);
+	for (int64_t g = g0; g < g1; g++) {
+		uint8_t *G = act + (size_t)g * gs;
+		for (int l = 0; l < 16; l++) {
+			int64_t t = 16 * g + l;
+			for (int64_t b = 0; b < nsb; b++) {
+				uint8_t *B = G + (size_t)b * BLKK;
+				if (t < n_tok) {
+					q8k_block(x + t * n_in + b * QK_K, q.qs, &q.d, q.bsums);
+				} else {
+					memset(&q, 0, sizeof(q));
+				}
+				for (int c = 0; c < 8; c++)
+					scatter8(B + c * 512 + 4 * l,
+						 _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q.qs + 32 * c)),
+								  _mm256_set1_epi8((char)0x80)));
+				((float *)(B + 4096))[l] = q.d;
+				for (int i = 0; i < 4; i++) {
+					int s0 = q.bsums[4 * i] + q.bsums[4 * i + 1];
+					int s1 = q.bsums[4 * i + 2] + q.bsums[4 * i + 3];
+					((int32_t *)(B + 4160 + 64 * i))[l] =
+						(int32_t)(((uint32_t)s0 & 0xffffu) | ((uint32_t)s1 << 16));
+				}
+			}
+		}
+	}
+}
+
+/* ---- quantized matmul: unsigned codes of one block ------------------------- */
+
+/* 32 codes of a Q4 nibble block (qs: 16 bytes): element j low nibble of qs[j],
+   element j+16 high nibble. */
+INLINE __m256i nib32(const uint8_t *qs)
+{
+	__m128i q = _mm_loadu_si128((const __m128i *)qs);
+	__m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
+	return _mm256_and_si256(v, _mm256_set1_epi8(15));
+}
+
+/* bit i of the 32-bit little-endian qh -> 0x10 in byte i */
+INLINE __m256i hbit32(const uint8_t *qh)
+{
+	return _mm256_maskz_mov_epi8((__mmask32)(uint32_t)ld32(qh), _mm256_set1_epi8(16));
+}
+
+INLINE __m256i u_q8_0(const uint8_t *b) { return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(b + 2)), _mm256_set1_epi8((char)0x80)); }
+INLINE __m256i u_q4_0(const uint8_t *b) { return nib32(b + 2); }
+INLINE __m256i u_q4_1(const uint8_t *b) { return nib32(b + 4); }
+INLINE __m256i u_q5_0(const uint8_t *b) { return _mm256_or_si256(nib32(b + 6), hbit32(b + 2)); }
+INLINE __m256i u_q5_1(const uint8_t *b) { return _mm256_or_si256(nib32(b + 8), hbit32(b + 4)); }
+
+/* d (low 16 bits) and m (high 16 bits) of 8 rows' block at byte offset off. */
+INLINE __m256i gather_dm(const uint8_t *base, __m256i ridx, size_t off)
+{
+	return _mm256_i32gather_epi32((const int *)(base + off), ridx, 1);
+}
+
+INLINE __m256 h_lo(__m256i g) { return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(g)); }
+INLINE __m256 h_hi(__m256i g) { return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(g, 16))); }
+
+/* ---- GEMV, 32-element blocks ----------------------------------------------- */
+
+typedef __m256i (*ufn)(const uint8_t *);
+
+INLINE void gemv32_tile(const uint8_t *w0, size_t rs, int nv, int64_t nb, int bs, ufn U, int off, int has_m,
+			const uint8_t *act, const rowlay *L, int nt, float *y, int64_t ldy)
+{
+	const uint8_t *row[GR];
+	int32_t ri[GR];
+	for (int r = 0; r < GR; r++) {
+		int rr = r < nv ? r : nv - 1;
+		row[r] = w0 + (size_t)rr * rs;
+		ri[r] = (int32_t)((size_t)rr * rs);
+	}
+	const __m256i ridx = _mm256_loadu_si256((const __m256i *)ri);
+	__m256 acc[GEMM_MIN_TOK - 1], accm[GEMM_MIN_TOK - 1];
+	for (int t = 0; t < nt; t++)
+		acc[t] = accm[t] = _mm256_setzero_ps();
+	for (int64_t b = 0; b < nb; b++) {
+		__m256i u[GR];
+#pragma GCC unroll 8
+		for (int r = 0; r < GR; r++)
+			u[r] = U(row[r] + b * bs);
+		__m256i dm = gather_dm(w0, ridx, (size_t)b * bs);
+		__m256 dw = h_lo(dm);
+		for (int t = 0; t < nt; t++) {
+			const uint8_t *a = act + (size_t)t * L->stride;
+			__m256i av = _mm256_load_si256((const __m256i *)(a + b * 32));
+			__m256i D[GR];
+#pragma GCC unroll 8
+			for (int r = 0; r < GR; r++)
+				D[r] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u[r], av);
+			__m256i is = tree8(D);
+			if (off)
+				is = _mm256_sub_epi32(is, _mm256_set1_epi32(off * ((const int32_t *)(a + L->sum))[b]));
+			__m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(((const float *)(a + L->d))[b]));
+			acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(sc, _mm256_cvtepi32_ps(is)));
+			if (has_m)
+				accm[t] = _mm256_add_ps(accm[t],
+							_mm256_mul_ps(h_hi(dm), _mm256_set1_ps(((const float *)(a + L->s))[b])));
+		}
+	}
+	__mmask8 m = (__mmask8)((1u << nv) - 1);
+	for (int t = 0; t < nt; t++)
+		_mm256_mask_storeu_ps(y + t * ldy, m, has_m ? _mm256_add_ps(acc[t], accm[t]) : acc[t]);
+}
+
+/* ---- GEMV, K-quants ---------------------------------------------------------- */
+
+/* Q4_K / Q5_K scales: 8 six-bit scales (bytes 0-7) and mins (bytes 8-15). */
+INLINE __m128i k_scales(const uint8_t *s)
+{
+	uint32_t u[4];
+	memcpy(u, s, 12);
+	const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+	u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+	uint32_t m03 = u[1] & k1;
+	u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+	u[2] = m03;
+	u[0] &= k1;
+	return _mm_loadu_si128((const __m128i *)u);
+}
+
+/* [v[2c] x8 | v[2c+1] x8] */
+INLINE __m512i pair_bcast(__m512i v, int c)
+{
+	const __m512i idx = _mm512_set_epi32(2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1,
+					     2 * c + 1, 2 * c + 1, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c);
+	return _mm512_permutexvar_epi32(idx, v);
+}
+
+/* [v[4q] x4 | v[4q+1] x4 | v[4q+2] x4 | v[4q+3] x4] */
+INLINE __m512i quad_bcast(__m512i v, int q)
+{
+	const __m512i idx = _mm512_set_epi32(4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 2, 4 * q + 2,
+					     4 * q + 2, 4 * q + 2, 4 * q + 1, 4 * q + 1, 4 * q + 1, 4 * q + 1, 4 * q,
+					     4 * q, 4 * q, 4 * q);
+	return _mm512_permutexvar_epi32(idx, v);
+}
+
+/* 16-bit shift counts: lo in the low 256 bits, hi in the high 256 bits. */
+INLINE __m512i cnt2(int lo, int hi)
+{
+	return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)lo)), _mm256_set1_epi16((short)hi), 1);
+}
+
+/* 64 unsigned codes of chunk c (elements 64c..64c+63) of a Q4_K / Q5_K block:
+   the 32 bytes of chunk c in both halves, low nibbles in the low half, high
+   nibbles in the high half. */
+INLINE __m512i u_q4_k(const uint8_t *blk, int c)
+{
+	__m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c)));
+	return _mm512_and_si512(_mm512_srlv_epi16(q, cnt2(0, 4)), _mm512_set1_epi8(15));
+}
+
+/* Q5_K: nibbles as Q4_K (qs at 48), bit 4 = bit 2c (low half) or 2c+1 (high
+   half) of qh[l] (qh at 16). */
+INLINE __m512i u_q5_k(const uint8_t *blk, int c)
+{
+	__m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 48 + 32 * c)));
+	q = _mm512_and_si512(_mm512_srlv_epi16(q, cnt2(0, 4)), _mm512_set1_epi8(15));
+	__m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
+	h = _mm512_and_si512(_mm512_srlv_epi16(h, cnt2(2 * c, 2 * c + 1)), _mm512_set1_epi8(1));
+	return _mm512_or_si512(q, _mm512_slli_epi16(h, 4));
+}
+
+/* 64 unsigned codes (0..63) of quarter p (elements 64p..64p+63) of a Q6_K
+   block: ql at 0 (low 4 bits), qh at 128 (2 bits each, see ref/quants.c). */
+INLINE __m512i u_q6_k(const uint8_t *blk, int p)
+{
+	const int h = p >> 1, hi = p & 1;
+	__m512i q = _mm512_loadu_si512((const void *)(blk + 64 * h));
+	__m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h)));
+	hb = _mm512_srlv_epi16(hb, hi ? cnt2(4, 6) : cnt2(0, 2));
+	hb = _mm512_and_si512(_mm512_slli_epi16(hb, 4), _mm512_set1_epi8(0x30));
+	if (hi)
+		q = _mm512_srli_epi16(q, 4);
+	return _mm512_ternarylogic_epi32(q, _mm512_set1_epi8(15), hb, 0xEA); /* (q & 15) | hb */
+}
+
+enum { KT_Q4, KT_Q5, KT_Q6 };
+
+INLINE __m512i k_codes(const uint8_t *blk, int kt, int c)
+{
+	return kt == KT_Q4 ? u_q4_k(blk, c) : kt == KT_Q5 ? u_q5_k(blk, c) : u_q6_k(blk, c);
+}
+
+INLINE int k_bs(int kt)
+{
+	return kt == KT_Q4 ? 144 : kt == KT_Q5 ? 176 : 210;
+}
+
+INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt, const uint8_t *act,
+		       const rowlay *L, int nt, float *y, int64_t ldy)
+{
+	const int bs = k_bs(kt);
+	const uint8_t *row[GR];
+	int32_t ri[GR];
+	for (int r = 0; r < GR; r++) {
+		int rr = r < nv ? r : nv - 1;
+		row[r] = w0 + (size_t)rr * rs;
+		ri[r] = (int32_t)((size_t)rr * rs);
+	}
+	const __m256i ridx = _mm256_loadu_si256((const __m256i *)ri);
+	__m256 acc[GEMM_MIN_TOK - 1], accm[GEMM_MIN_TOK - 1];
+	for (int t = 0; t < nt; t++)
+		acc[t] = accm[t] = _mm256_setzero_ps();
+	for (int64_t sb = 0; sb < nsb; sb++) {
+		__m256i isr[GEMM_MIN_TOK - 1][GR], imr[GEMM_MIN_TOK - 1][GR];
+		for (int r = 0; r < GR; r++) {
+			const uint8_t *blk = row[r] + sb * bs;
+			__m512i is[GEMM_MIN_TOK - 1];
+			for (int t = 0; t < nt; t++)
+				is[t] = _mm512_setzero_si512();
+			if (kt != KT_Q6) {
+				__m128i sm = k_scales(blk + 4);
+				__m512i s32 = _mm512_cvtepu8_epi32(sm);
+				for (int c = 0; c < 4; c++) {
+					__m512i u = k_codes(blk, kt, c), scv = pair_bcast(s32, c);
+					for (int t = 0; t < nt; t++) {
+						const int8_t *a = (const int8_t *)act + (size_t)t * L->stride + sb * QK_K + 64 * c;
+						__m512i D = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u,
+										_mm512_load_si512((const void *)a));
+						is[t] = _mm512_add_epi32(is[t], _mm512_mullo_epi32(D, scv));
+					}
+				}
+				__m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
+				for (int t = 0; t < nt; t++) {
+					const uint8_t *a = act + (size_t)t * L->stride + L->ssum;
+					isr[t][r] = fold512(is[t]);
+					imr[t][r] = _mm256_zextsi128_si256(_mm_madd_epi16(
+						mins, _mm_loadu_si128((const __m128i *)(a + 16 * sb))));
+				}
+			} else {
+				__m128i s8 = _mm_loadu_si128((const __m128i *)(blk + 192));
+				__m512i s32 = _mm512_cvtepi8_epi32(s8);
+				for (int p = 0; p < 4; p++) {
+					__m512i u = k_codes(blk, kt, p), scv = quad_bcast(s32, p);
+					for (int t = 0; t < nt; t++) {
+						const int8_t *a = (const int8_t *)act + (size_t)t * L->stride + sb * QK_K + 64 * p;
+						__m512i D = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u,
+										_mm512_load_si512((const void *)a));
+						is[t] = _mm512_add_epi32(is[t], _mm512_mullo_epi32(D, scv));
+					}
+				}
+				/* codes were stored + 32: take back 32 * sum_k scale_k * bsums_k */
+				__m256i s16 = _mm256_cvtepi8_epi16(s8);
+				for (int t = 0; t < nt; t++) {
+					const uint8_t *a = act + (size_t)t * L->stride + L->bsums;
+					__m256i corr = _mm256_madd_epi16(s16, _mm256_loadu_si256((const __m256i *)(a + 32 * sb)));
+					isr[t][r] = _mm256_sub_epi32(fold512(is[t]), _mm256_slli_epi32(corr, 5));
+				}
+			}
+		}
+		__m256i dm = gather_dm(w0, ridx, (size_t)sb * bs + (kt == KT_Q6 ? 206 : 0));
+		__m256 dw = kt == KT_Q6 ? h_hi(dm) : h_lo(dm);
+		for (int t = 0; t < nt; t++) {
+			const uint8_t *a = act + (size_t)t * L->stride;
+			__m256 dy = _mm256_set1_ps(((const float *)(a + L->d))[sb]);
+			acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(dy, dw), _mm256_cvtepi32_ps(tree8(isr[t]))));
+			if (kt != KT_Q6)
+				accm[t] = _mm256_add_ps(accm[t], _mm256_mul_ps(_mm256_mul_ps(dy, h_hi(dm)),
+									      _mm256_cvtepi32_ps(tree8(imr[t]))));
+		}
+	}
+	__mmask8 m = (__mmask8)((1u << nv) - 1);
+	for (int t = 0; t < nt; t++)
+		_mm256_mask_storeu_ps(y + t * ldy, m, kt == KT_Q6 ? acc[t] : _mm256_sub_ps(acc[t], accm[t]));
+}
+
+/* ---- GEMM: panels ------------------------------------------------------------ */
+
+typedef struct {
+	int8_t codes[GR][KC];             /* signed codes, row r */
+	int32_t corr[KC / 32][GR];        /* -128 * sum of a block's codes (K: scaled, per super-block) */
+	float d[KC / 32][GR], m[KC / 32][GR];
+	int32_t sc[KC / QK_K][16][GR];    /* K: sub-block scales */
+	int32_t mpair[KC / QK_K][4][GR];  /* Q4_K/Q5_K: mins 2i | 2i+1 << 16 */
+	float dmin[KC / QK_K][GR];
+} panel;
+
+INLINE int32_t hsum_u8(__m256i u)
+{
+	__m256i s = _mm256_sad_epu8(u, _mm256_setzero_si256());
+	__m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+	return (int32_t)(_mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1));
+}
+
+INLINE void unpack32(panel *P, const uint8_t *const row[GR], int64_t b0, int nbk, int bs, ufn U, int off,
+		     int has_m)
+{
+	for (int r = 0; r < GR; r++)
+		for (int bl = 0; bl < nbk; bl++) {
+			const uint8_t *blk = row[r] + (b0 + bl) * bs;
+			__m256i u = U(blk);
+			_mm256_store_si256((__m256i *)(P->codes[r] + 32 * bl), _mm256_sub_epi8(u, _mm256_set1_epi8((char)off)));
+			P->corr[bl][r] = -128 * (hsum_u8(u) - 32 * off);
+			P->d[bl][r] = f16_to_f32(ld16(blk));
+			if (has_m)
+				P->m[bl][r] = f16_to_f32(ld16(blk + 2));
+		}
+}
+
+INLINE void unpackk(panel *P, const uint8_t *const row[GR], int64_t sb0, int nsbk, int kt)
+{
+	const int bs = k_bs(kt);
+	const __m512i ones = _mm512_set1_epi8(1);
+	for (int r = 0; r < GR; r++)
+		for (int sl = 0; sl < nsbk; sl++) {
+			const uint8_t *blk = row[r] + (sb0 + sl) * bs;
+			__m512i s32, tot = _mm512_setzero_si512();
+			if (kt != KT_Q6) {
+				__m128i sm = k_scales(blk + 4);
+				uint8_t sc[16];
+				_mm_storeu_si128((__m128i *)sc, sm);
+				s32 = _mm512_cvtepu8_epi32(sm);
+				for (int j = 0; j < 8; j++)
+					P->sc[sl][j][r] = sc[j];
+				for (int i = 0; i < 4; i++)
+					P->mpair[sl][i][r] = (int32_t)(sc[8 + 2 * i] | (uint32_t)sc[9 + 2 * i] << 16);
+				P->d[sl][r] = f16_to_f32(ld16(blk));
+				P->dmin[sl][r] = f16_to_f32(ld16(blk + 2));
+			} else {
+				__m128i s8 = _mm_loadu_si128((const __m128i *)(blk + 192));
+				s32 = _mm512_cvtepi8_epi32(s8);
+				for (int j = 0; j < 16; j++)
+					P->sc[sl][j][r] = (int8_t)blk[192 + j];
+				P->d[sl][r] = f16_to_f32(ld16(blk + 208));
+			}
+			for (int c = 0; c < 4; c++) {
+				__m512i u = k_codes(blk, kt, c);
+				if (kt == KT_Q6)
+					u = _mm512_sub_epi8(u, _mm512_set1_epi8(32));
+				_mm512_store_si512((void *)(P->codes[r] + QK_K * sl + 64 * c), u);
+				__m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, u);
+				tot = _mm512_add_epi32(tot, _mm512_mullo_epi32(s, kt == KT_Q6 ? quad_bcast(s32, c) : pair_bcast(s32, c)));
+			}
+			P->corr[sl][r] = -128 * _mm512_reduce_add_epi32(tot);
+		}
+}
+
+/* One token group, one chunk of 32-element blocks: acc[r] lanes = tokens. */
+INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg, float *accmg, int has_m)
+{
+	__m512 acc[GR];
+#pragma GCC unroll 8
+	for (int r = 0; r < GR; r++)
+		acc[r] = _mm512_load_ps(accg + 16 * r);
+	for (int bl = 0; bl < nbk; bl++) {
+		const uint8_t *B = A + (size_t)bl * BLK8;
+		__m512i a[8];
+#pragma GCC unroll 8
+		for (int k = 0; k < 8; k++)
+			a[k] = _mm512_load_si512((const void *)(B + 64 * k));
+		__m512 da = _mm512_load_ps((const float *)(B + 512));
+#pragma GCC unroll 8
+		for (int r = 0; r < GR; r++) {
+			const int8_t *c = P->codes[r] + 32 * bl;
+			__m512i is = _mm512_set1_epi32(P->corr[bl][r]);
+#pragma GCC unroll 8
+			for (int k = 0; k < 8; k++)
+				is = _mm512_dpbusd_epi32(is, a[k], _mm512_set1_epi32(ld32(c + 4 * k)));
+			acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(P->d[bl][r]), da),
+								     _mm512_cvtepi32_ps(is)));
+		}
+	}
+#pragma GCC unroll 8
+	for (int r = 0; r < GR; r++)
+		_mm512_store_ps(accg + 16 * r, acc[r]);
+	if (!has_m)
+		return;
+#pragma GCC unroll 8
+	for (int r = 0; r < GR; r++)
+		acc[r] = _mm512_load_ps(accmg + 16 * r);
+	for (int bl = 0; bl < nbk; bl++) {
+		__m512 sv = _mm512_load_ps((const float *)(A + (size_t)bl * BLK8 + 576));
+#pragma GCC unroll 8
+		for (int r = 0; r < GR; r++)
+			acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_set1_ps(P->m[bl][r]), sv));
+	}
+#pragma GCC unroll 8
+	for (int r = 0; r < GR; r++)
+		_mm512_store_ps(accmg + 16 * r, acc[r]);
+}
+
+INLINE void gemmk_group(const panel *P, int nsbk, int kt, const uint8_t *A, float *accg, float *accmg)
+{
+	const int nsub = kt == KT_Q6 ? 16 : 8, dws = kt == KT_Q6 ? 4 : 8;
+	for (int sl = 0; sl < nsbk; sl++) {
+		const uint8_t *B = A + (size_t)sl * BLKK;
+		__m512i is[GR];
+#pragma GCC unroll 8
+		for (int r = 0; r < GR; r++)
+			is[r] = _mm512_set1_epi32(P->corr[sl][r]);
+		for (int j = 0; j < nsub; j++) {
+			__m512i a[8];
+			for (int k = 0; k < dws; k++)
+				a[k] = _mm512_load_si512((const void *)(B + 64 * (j * dws + k)));
+#pragma GCC unroll 8
+			for (int r = 0; r < GR; r++) {
+				const int8_t *c = P->codes[r] + QK_K * sl + 4 * dws * j;
+				__m512i D = _mm512_setzero_si512();
+				for (int k = 0; k < dws; k++)
+					D = _mm512_dpbusd_epi32(D, a[k], _mm512_set1_epi32(ld32(c + 4 * k)));
+				is[r] = _mm512_add_epi32(is[r], _mm512_mullo_epi32(D, _mm512_set1_epi32(P->sc[sl][j][r])));
+			}
+		}
+		__m512 dv = _mm512_load_ps((const float *)(B + 4096));
+#pragma GCC unroll 8
+		for (int r = 0; r < GR; r++) {
+			__m512 v = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_set1_ps(P->d[sl][r])), _mm512_cvtepi32_ps(is[r]));
+			_mm512_store_ps(accg + 16 * r, _mm512_add_ps(_mm512_load_ps(accg + 16 * r), v));
+		}
+		if (kt == KT_Q6)
+			continue;
+		__m512i pr[4];
+		for (int i = 0; i < 4; i++)
+			pr[i] = _mm512_load_si512((const void *)(B + 4160 + 64 * i));
+#pragma GCC unroll 8
+		for (int r = 0; r < GR; r++) {
+			__m512i im = _mm512_setzero_si512();
+			for (int i = 0; i < 4; i++)
+				im = _mm512_dpwssd_epi32(im, pr[i], _mm512_set1_epi32(P->mpair[sl][i][r]));
+			__m512 v = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_set1_ps(P->dmin[sl][r])), _mm512_cvtepi32_ps(im));
+			_mm512_store_ps(accmg + 16 * r, _mm512_add_ps(_mm512_load_ps(accmg + 16 * r), v));
+		}
+	}
+}
+
+/* y[16g + lane][o0 + r] for the valid tokens and rows of one group. sign:
+   0 = acc, +1 = acc + accm, -1 = acc - accm. */
+INLINE void store_group(float *y, int64_t n_out, int64_t n_tok, int64_t g, int64_t o0, int nv, const float *accg,
+			const float *accmg, int sign)
+{
+	int64_t nt = n_tok - 16 * g;
+	__mmask16 tm = nt >= 16 ? 0xffff : (__mmask16)((1u << nt) - 1);
+	const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+					       _mm512_set1_epi32((int)n_out));
+	for (int r = 0; r < nv; r++) {
+		__m512 v = _mm512_load_ps(accg + 16 * r);
+		if (sign > 0)
+			v = _mm512_add_ps(v, _mm512_load_ps(accmg + 16 * r));
+		else if (sign < 0)
+			v = _mm512_sub_ps(v, _mm512_load_ps(accmg + 16 * r));
+		_mm512_mask_i32scatter_ps(y + 16 * g * n_out + o0 + r, tm, idx, v, 4);
+	}
+}
+
+/* kind: 0 = 32-element blocks, else KT_* + 1 */
+INLINE void gemm_tiles(const kern_weight *w, const uint8_t *act, int64_t n_tok, float *y, int64_t tile0, int64_t tile1,
+		       int kind, int bs, ufn U, int off, int has_m)
+{
+	const int kt = kind - 1;
+	const int64_t n_out = w->n_out, ng = (n_tok + 15) / 16;
+	const int blck = kind ? QK_K : 32;
+	const int64_t nb = w->n_in / blck, chunk = KC / blck;
+	const size_t rs = (size_t)nb * (kind ? k_bs(kt) : bs);
+	const size_t gs = (size_t)nb * (kind ? BLKK : BLK8);
+	const int sign = kind ? (kt == KT_Q6 ? 0 : -1) : (has_m ? 1 : 0);
+	panel P __attribute__((aligned(64)));
+	float accbuf[GB][GR][16] __attribute__((aligned(64)));
+	float accmbuf[GB][GR][16] __attribute__((aligned(64)));
+	for (int64_t tile = tile0; tile < tile1; tile++) {
+		const int64_t o0 = tile * GR;
+		const int nv = n_out - o0 < GR ? (int)(n_out - o0) : GR;
+		const uint8_t *row[GR];
+		for (int r = 0; r < GR; r++)
+			row[r] = (const uint8_t *)w->data + (size_t)(o0 + (r < nv ? r : nv - 1)) * rs;
+		for (int64_t gb0 = 0; gb0 < ng; gb0 += GB) {
+			const int ngb = ng - gb0 < GB ? (int)(ng - gb0) : GB;
+			memset(accbuf, 0, sizeof(float) * GR * 16 * (size_t)ngb);
+			memset(accmbuf, 0, sizeof(float) * GR * 16 * (size_t)ngb);
+			for (int64_t b0 = 0; b0 < nb; b0 += chunk) {
+				const int nbk = nb - b0 < chunk ? (int)(nb - b0) : (int)chunk;
+				if (kind)
+					unpackk(&P, row, b0, nbk, kt);
+				else
+					unpack32(&P, row, b0, nbk, bs, U, off, has_m);
+				for (int gi = 0; gi < ngb; gi++) {
+					const uint8_t *A = act + (size_t)(gb0 + gi) * gs + (size_t)b0 * (kind ? BLKK : BLK8);
+					if (kind)
+						gemmk_group(&P, nbk, kt, A, accbuf[gi][0], accmbuf[gi][0]);
+					else
+						gemm32_group(&P, nbk, A, accbuf[gi][0], accmbuf[gi][0], has_m);
+				}
+			}
+			for (int gi = 0; gi < ngb; gi++)
+				store_group(y, n_out, n_tok, gb0 + gi, o0, nv, accbuf[gi][0], accmbuf[gi][0], sign);
+		}
+	}
+}
+
+INLINE void rows_quant(const kern_weight *w, const void *vact, int64_t n_tok, float *y, int ith, int nth, int vt,
+		       int kind, int bs, ufn U, int off, int has_m)
+{
+	const uint8_t *act = vact;
+	const int64_t n_out = w->n_out;
+	int64_t tile0, tile1;
+	kern_split((n_out + GR - 1) / GR, ith, nth, &tile0, &tile1);
+	if (use_gemm(n_tok)) {
+		gemm_tiles(w, act, n_tok, y, tile0, tile1, kind, bs, U, off, has_m);
+		return;
+	}
+	const rowlay L = row_layout(vt, w->n_in);
+	const int kt = kind - 1;
+	const int64_t nb = w->n_in / (kind ? QK_K : 32);
+	const size_t rs = (size_t)nb * (kind ? k_bs(kt) : bs);
+	for (int64_t tile = tile0; tile < tile1; tile++) {
+		const int64_t o0 = tile * GR;
+		const int nv = n_out - o0 < GR ? (int)(n_out - o0) : GR;
+		const uint8_t *w0 = (const uint8_t *)w->data + (size_t)o0 * rs;
+		switch (n_tok) {
+#define GEMV_CASE(NT)                                                                                  \
+	case NT:                                                                                       \
+		if (kind)                                                                              \
+			gemvk_tile(w0, rs, nv, nb, kt, act, &L, NT, y + o0, n_out);                    \
+		else                                                                                   \
+			gemv32_tile(w0, rs, nv, nb, bs, U, off, has_m, act, &L, NT, y + o0, n_out);    \
+		break;
+			GEMV_CASE(1)
+			GEMV_CASE(2)
+			GEMV_CASE(3)
+#undef GEMV_CASE
+		}
+	}
+}
+
+_Static_assert(GEMM_MIN_TOK == 4, "rows_quant handles 1..3 tokens in GEMV shape");
+
+#define ROWS32(NAME, VT, BS, U, OFF, HASM)                                                                         \
+	static void NAME(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith, int nth)        \
+	{                                                                                                          \
+		rows_quant(w, act, n_tok, y, ith, nth, VT, 0, BS, U, OFF, HASM);                                   \
+	}
+ROWS32(rows_q8_0, QTYPE_Q8_0, 34, u_q8_0, 128, 0)
+ROWS32(rows_q4_0, QTYPE_Q8_0, 18, u_q4_0, 8, 0)
+ROWS32(rows_q5_0, QTYPE_Q8_0, 22, u_q5_0, 16, 0)
+ROWS32(rows_q4_1, QTYPE_Q8_1, 20, u_q4_1, 0, 1)
+ROWS32(rows_q5_1, QTYPE_Q8_1, 24, u_q5_1, 0, 1)
+#undef ROWS32
+
+#define ROWSK(NAME, KT)                                                                                            \
+	static void NAME(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith, int nth)        \
+	{                                                                                                          \
+		rows_quant(w, act, n_tok, y, ith, nth, QTYPE_Q8_K, (KT) + 1, 0, u_q8_0, 0, 0);                     \
+	}
+ROWSK(rows_q4_k, KT_Q4)
+ROWSK(rows_q5_k, KT_Q5)
+ROWSK(rows_q6_k, KT_Q6)
+#undef ROWSK
+
+/* ---- F32 / F16 / BF16 weights -------------------------------------------------- */
+
+enum { FT_F32, FT_F16, FT_BF16 };
+
+/* 16 f32 values of an F32 or F16 row at element i (first `m` lanes). */
+INLINE __m512 fload(const uint8_t *p, int ft, int64_t i, __mmask16 m, int full)
+{
+	if (ft == FT_F32)
+		return full ? _mm512_loadu_ps((const float *)p + i) : _mm512_maskz_loadu_ps(m, (const float *)p + i);
+	__m256i h = full ? _mm256_loadu_si256((const __m256i *)(p + 2 * i)) : _mm256_maskz_loadu_epi16(m, p + 2 * i);
+	return _mm512_cvtph_ps(h);
+}
+
+/* out[r * C + c] = dot(w[r], a[c]) over n elements: per output, 16 f32 lanes
+   accumulate in index order (F32/F16: one FMA per 16 elements; BF16: one
+   vdpbf16ps per 32), masked tail, then _mm512_reduce_add_ps. The same
+   sequence for every (R, C), so tiles agree with vec_dot bit for bit. */
+INLINE void ftile(int ft, int R, int C, const uint8_t *const *w, const uint8_t *const *a, int64_t n, float *out)
+{
+	__m512 acc[8][4];
+	for (int r = 0; r < R; r++)
+		for (int c = 0; c < C; c++)
+			acc[r][c] = _mm512_setzero_ps();
+	int64_t i = 0;
+	if (ft == FT_BF16) {
+		for (; i + 32 <= n; i += 32) {
+			__m512i wv[8], av[4];
+			for (int r = 0; r < R; r++)
+				wv[r] = _mm512_loadu_si512((const void *)(w[r] + 2 * i));
+			for (int c = 0; c < C; c++)
+				av[c] = _mm512_loadu_si512((const void *)(a[c] + 2 * i));
+			for (int r = 0; r < R; r++)
+				for (int c = 0; c < C; c++)
+					acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)wv[r], (__m512bh)av[c]);
+		}
+		if (i < n) {
+			__mmask32 m = (__mmask32)((1ull << (n - i)) - 1);
+			__m512i wv[8], av[4];
+			for (int r = 0; r < R; r++)
+				wv[r] = _mm512_maskz_loadu_epi16(m, w[r] + 2 * i);
+			for (int c = 0; c < C; c++)
+				av[c] = _mm512_maskz_loadu_epi16(m, a[c] + 2 * i);
+			for (int r = 0; r < R; r++)
+				for (int c = 0; c < C; c++)
+					acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)wv[r], (__m512bh)av[c]);
+		}
+	} else {
+		for (; i + 16 <= n; i += 16) {
+			__m512 wv[8], av[4];
+			for (int r = 0; r < R; r++)
+				wv[r] = fload(w[r], ft, i, 0xffff, 1);
+			for (int c = 0; c < C; c++)
+				av[c] = fload(a[c], ft, i, 0xffff, 1);
+			for (int r = 0; r < R; r++)
+				for (int c = 0; c < C; c++)
+					acc[r][c] = _mm512_fmadd_ps(wv[r], av[c], acc[r][c]);
+		}
+		if (i < n) {
+			__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+			__m512 wv[8], av[4];
+			for (int r = 0; r < R; r++)
+				wv[r] = fload(w[r], ft, i, m, 0);
+			for (int c = 0; c < C; c++)
+				av[c] = fload(a[c], ft, i, m, 0);
+			for (int r = 0; r < R; r++)
+				for (int c = 0; c < C; c++)
+					acc[r][c] = _mm512_fmadd_ps(wv[r], av[c], acc[r][c]);
+		}
+	}
+	for (int r = 0; r < R; r++)
+		for (int c = 0; c < C; c++)
+			out[r * C + c] = _mm512_reduce_add_ps(acc[r][c]);
+}
+
+static float vec_dot_f32(int64_t n, const void *x, const void *y)
+{
+	const uint8_t *w = x, *a = y;
+	float o;
+	ftile(FT_F32, 1, 1, &w, &a, n, &o);
+	return o;
+}
+
+static float vec_dot_f16(int64_t n, const void *x, const void *y)
+{
+	const uint8_t *w = x, *a = y;
+	float o;
+	ftile(FT_F16, 1, 1, &w, &a, n, &o);
+	return o;
+}
+
+static float vec_dot_bf16(int64_t n, const void *x, const void *y)
+{
+	const uint8_t *w = x, *a = y;
+	float o;
+	ftile(FT_BF16, 1, 1, &w, &a, n, &o);
+	return o;
+}
+
+/* F16 / BF16 activations: rows of n_in halves, stride rounded up to 64 bytes. */
+static size_t act_bytes_half(int64_t n_in, int64_t n_tok)
+{
+	return (size_t)n_tok * round64(2 * (size_t)n_in);
+}
+
+static void convert_half(const float *x, int64_t n_in, int64_t n_tok, uint8_t *act, int ith, int nth, int bf)
+{
+	int64_t t0, t1;
+	kern_split(n_tok, ith, nth, &t0, &t1);
+	for (int64_t t = t0; t < t1; t++) {
+		if (bf)
+			from_float_bf16(x + t * n_in, act + (size_t)t * round64(2 * (size_t)n_in), n_in);
+		else
+			from_float_f16(x + t * n_in, act + (size_t)t * round64(2 * (size_t)n_in), n_in);
+	}
+}
+
+static void convert_f16(const float *x, int64_t n_in, int64_t n_tok, void *act, int ith, int nth)
+{
+	convert_half(x, n_in, n_tok, act, ith, nth, 0);
+}
+
+static void convert_bf16(const float *x, int64_t n_in, int64_t n_tok, void *act, int ith, int nth)
+{
+	convert_half(x, n_in, n_tok, act, ith, nth, 1);
+}
+
+INLINE void rows_float(const kern_weight *w, const void *vact, int64_t n_tok, float *y, int ith, int nth, int ft)
+{
+	const uint8_t *act = vact;
+	const int64_t n = w->n_in, n_out = w->n_out;
+	const size_t es = ft == FT_F32 ? 4 : 2, rs = (size_t)n * es;
+	const size_t as = ft == FT_F32 ? (size_t)n * 4 : round64(2 * (size_t)n);
+	int64_t tile0, tile1;
+	kern_split((n_out + 7) / 8, ith, nth, &tile0, &tile1);
+	for (int64_t tile = tile0; tile < tile1; tile++) {
+		const int64_t o0 = tile * 8;
+		const int nv = n_out - o0 < 8 ? (int)(n_out - o0) : 8;
+		const uint8_t *wr[8];
+		for (int r = 0; r < 8; r++)
+			wr[r] = (const uint8_t *)w->data + (size_t)(o0 + (r < nv ? r : nv - 1)) * rs;
+		if (n_tok < 4) {
+			for (int64_t t = 0; t < n_tok; t++) {
+				const uint8_t *ar = act + (size_t)t * as;
+				float out[8];
+				ftile(ft, 8, 1, wr, &ar, n, out);
+				for (int r = 0; r < nv; r++)
+					y[t * n_out + o0 + r] = out[r];
+			}
+			continue;
+		}
+		for (int half = 0; half < 2 && 4 * half < nv; half++) {
+			for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+				const uint8_t *ar[4];
+				for (int c = 0; c < 4; c++)
+					ar[c] = act + (size_t)(t0 + c < n_tok ? t0 + c : n_tok - 1) * as;
+				float out[16];
+				ftile(ft, 4, 4, wr + 4 * half, ar, n, out);
+				for (int r = 0; r < 4 && 4 * half + r < nv; r++)
+					for (int c = 0; c < 4 && t0 + c < n_tok; c++)
+						y[(t0 + c) * n_out + o0 + 4 * half + r] = out[r * 4 + c];
+			}
+		}
+	}
+}
+
+static void rows_f32(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith, int nth)
+{
+	rows_float(w, act, n_tok, y, ith, nth, FT_F32);
+}
+
+static void rows_f16(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith, int nth)
+{
+	rows_float(w, act, n_tok, y, ith, nth, FT_F16);
+}
+
+static void rows_bf16(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith, int nth)
+{
+	rows_float(w, act, n_tok, y, ith, nth, FT_BF16);
+}
+
+/* ---- element-wise ops ------------------------------------------------------------- */
+
+INLINE __mmask16 tail16(int64_t k)
+{
+	return (__mmask16)((1u << k) - 1);
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+	__m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+	int64_t i = 0;
+	for (; i < n; i += 16) {
+		__mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
+		__m512 v = _mm512_maskz_loadu_ps(m, x + i);
+		__m512 sq = _mm512_mul_ps(v, v);
+		s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(sq)));
+		s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sq), 1))));
+	}
+	double sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+	float mean = (float)(sum / (double)n);
+	const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(mean + eps));
+	for (i = 0; i < n; i += 16) {
+		__mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
+		__m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), scale), _mm512_maskz_loadu_ps(m, w + i));
+		_mm512_mask_storeu_ps(out + i, m, v);
+	}
+}
+
+static void swiglu(float *x, const float *gate, int64_t n)
+{
+	const __m512 one = _mm512_set1_ps(1.0f);
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
+		__m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+		__m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+		__m512 v = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(m, x + i));
+		_mm512_mask_storeu_ps(x + i, m, v);
+	}
+}
+
+static void softmax(float *x, int64_t n)
+{
+	__m512 mx = _mm512_set1_ps(-INFINITY);
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
+		mx = _mm512_mask_max_ps(mx, m, _mm512_maskz_loadu_ps(m, x + i), mx);
+	}
+	const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+	__m512 sum = _mm512_setzero_ps();
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
+		__m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmax)));
+		_mm512_mask_storeu_ps(x + i, m, e);
+		sum = _mm512_add_ps(sum, e);
+	}
+	const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
+		_mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+	}
+}
+
+/* Exactly the reference's arithmetic: products rounded, then one add or subtract. */
+static void rope(float *x, int n_heads, int head_dim, int n_rot, int neox, const float *cs, const float *sn)
+{
+	const int half = n_rot / 2;
+	const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+	for (int h = 0; h < n_heads; h++) {
+		float *v = x + (size_t)h * head_dim;
+		int i = 0;
+		if (neox) {
+			for (; i + 16 <= half; i += 16) {
+				__m512 a = _mm512_loadu_ps(v + i), b = _mm512_loadu_ps(v + half + i);
+				__m512 c = _mm512_loadu_ps(cs + i), s = _mm512_loadu_ps(sn + i);
+				_mm512_storeu_ps(v + i, _mm512_sub_ps(_mm512_mul_ps(a, c), _mm512_mul_ps(b, s)));
+				_mm512_storeu_ps(v + half + i, _mm512_add_ps(_mm512_mul_ps(a, s), _mm512_mul_ps(b, c)));
+			}
+		} else {
+			for (; i + 8 <= half; i += 8) {
+				__m512 a = _mm512_loadu_ps(v + 2 * i);
+				__m512 c = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(cs + i)));
+				__m512 s = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(sn + i)));
+				__m512 t1 = _mm512_mul_ps(a, c), t2 = _mm512_mul_ps(_mm512_permute_ps(a, 0xB1), s);
+				_mm512_storeu_ps(v + 2 * i, _mm512_mask_add_ps(_mm512_sub_ps(t1, t2), 0xAAAA, t1, t2));
+			}
+		}
+		for (; i < half; i++) {
+			int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+			float x0 = v[ia], x1 = v[ib];
+			v[ia] = x0 * cs[i] - x1 * sn[i];
+			v[ib] = x0 * sn[i] + x1 * cs[i];
+		}
+	}
+}
+
+/* ---- paged attention --------------------------------------------------------------- */
+
+/* 16 elements of a kv row (kv dtype) at element i as f32 (first m lanes). */
+INLINE __m512 kvload(const uint8_t *row, int dt, int i, __mmask16 m)
+{
+	if (dt == QTYPE_F32)
+		return _mm512_maskz_loadu_ps(m, (const float *)row + i);
+	__m256i h = _mm256_maskz_loadu_epi16(m, row + 2 * i);
+	return dt == QTYPE_F16 ? _mm512_cvtph_ps(h) : bf16_to_f32(h);
+}
+
+INLINE __m512 round_kv(__m512 v, int dt)
+{
+	if (dt == QTYPE_F16)
+		return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+	if (dt == QTYPE_BF16)
+		return bf16_to_f32(bf16_round(v));
+	return v;
+}
+
+/* Online softmax over chunks of KERN_ATTN_CHUNK positions. For each head:
+   m = running max, l = running sum of e^(s - m), acc = running sum of
+   e^(s - m) v; a new chunk rescales l and acc by e^(m_old - m_new). Each
+   head's arithmetic is the same whichever heads share the call. */
+static void attn(const kern_attn *a, int t, int h0, int h1, float *work)
+{
+	const int hd = a->head_dim, group = a->n_head / a->n_head_kv, g = h0 / group, G = h1 - h0;
+	const int nch = (hd + 15) / 16, hdp = 16 * nch, dt = a->kv_dtype;
+	const __mmask16 lastm = hd % 16 ? tail16(hd % 16) : 0xffff;
+	const size_t es = dt == QTYPE_F32 ? 4 : 2, kvd = (size_t)a->n_head_kv * hd, qd = (size_t)a->n_head * hd;
+	const int32_t *pages = a->pages[a->seq[t]];
+	const int n = a->pos[t] + 1, ps = a->page_size;
+	float *qc = work, *acc = qc + (size_t)G * hdp, *sbuf = acc + (size_t)G * hdp, *pbuf = sbuf + (size_t)G * 16;
+	float mrun[64], lrun[64];
+	float *mr = G <= 64 ? mrun : pbuf + (size_t)G * 16, *lr = G <= 64 ? lrun : mr + G;
+	for (int hi = 0; hi < G; hi++) {
+		const float *q = a->q + (size_t)t * qd + (size_t)(h0 + hi) * hd;
+		for (int c = 0; c < nch; c++) {
+			__mmask16 m = c == nch - 1 ? lastm : 0xffff;
+			_mm512_store_ps(qc + hi * hdp + 16 * c, round_kv(_mm512_maskz_loadu_ps(m, q + 16 * c), dt));
+			_mm512_store_ps(acc + hi * hdp + 16 * c, _mm512_setzero_ps());
+		}
+		mr[hi] = -INFINITY;
+		lr[hi] = 0.0f;
+	}
+	const __m512 scale = _mm512_set1_ps(a->scale);
+	for (int p0 = 0; p0 < n; p0 += KERN_ATTN_CHUNK) {
+		const int np = n - p0 < KERN_ATTN_CHUNK ? n - p0 : KERN_ATTN_CHUNK;
+		const uint8_t *krow[KERN_ATTN_CHUNK], *vrow[KERN_ATTN_CHUNK];
+		for (int j = 0; j < np; j++) {
+			int p = p0 + j;
+			size_t slot = (size_t)pages[p / ps] * ps + (size_t)(p % ps);
+			size_t off = (slot * kvd + (size_t)g * hd) * es;
+			krow[j] = (const uint8_t *)a->k + off;
+			vrow[j] = (const uint8_t *)a->v + off;
+		}
+		/* scores */
+		for (int j = 0; j < np; j++) {
+			__m512 s[64 > 0 ? 8 : 1];
+			for (int hb = 0; hb < G; hb += 8) {
+				int ge = G - hb < 8 ? G - hb : 8;
+				for (int hi = 0; hi < ge; hi++)
+					s[hi] = _mm512_setzero_ps();
+				for (int c = 0; c < nch; c++) {
+					__m512 kv = kvload(krow[j], dt, 16 * c, c == nch - 1 ? lastm : 0xffff);
+					for (int hi = 0; hi < ge; hi++)
+						s[hi] = _mm512_fmadd_ps(_mm512_load_ps(qc + (hb + hi) * hdp + 16 * c), kv, s[hi]);
+				}
+				for (int hi = 0; hi < ge; hi++)
+					sbuf[(hb + hi) * 16 + j] = _mm512_reduce_add_ps(s[hi]);
+			}
+		}
+		/* softmax update */
+		const __mmask16 pm = tail16(np) | (np == 16 ? 0xffff : 0);
+		for (int hi = 0; hi < G; hi++) {
+			__m512 sv = _mm512_mul_ps(_mm512_maskz_loadu_ps(pm, sbuf + hi * 16), scale);
+			float cmax = _mm512_mask_reduce_max_ps(pm, sv);
+			float mnew = cmax > mr[hi] ? cmax : mr[hi];
+			float alpha = _mm512_cvtss_f32(exp512(_mm512_set1_ps(mr[hi] - mnew)));
+			__m512 pv = _mm512_maskz_mov_ps(pm, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(mnew))));
+			lr[hi] = lr[hi] * alpha + _mm512_reduce_add_ps(pv);
+			mr[hi] = mnew;
+			_mm512_store_ps(pbuf + hi * 16, pv);
+			__m512 va = _mm512_set1_ps(alpha);
+			for (int c = 0; c < nch; c++)
+				_mm512_store_ps(acc + hi * hdp + 16 * c, _mm512_mul_ps(_mm512_load_ps(acc + hi * hdp + 16 * c), va));
+		}
+		/* acc += p v */
+		for (int c = 0; c < nch; c++) {
+			__m512 o[8];
+			for (int hb = 0; hb < G; hb += 8) {
+				int ge = G - hb < 8 ? G - hb : 8;
+				for (int hi = 0; hi < ge; hi++)
+					o[hi] = _mm512_load_ps(acc + (hb + hi) * hdp + 16 * c);
+				for (int j = 0; j < np; j++) {
+					__m512 vv = kvload(vrow[j], dt, 16 * c, c == nch - 1 ? lastm : 0xffff);
+					for (int hi = 0; hi < ge; hi++)
+						o[hi] = _mm512_fmadd_ps(_mm512_set1_ps(pbuf[(hb + hi) * 16 + j]), vv, o[hi]);
+				}
+				for (int hi = 0; hi < ge; hi++)
+					_mm512_store_ps(acc + (hb + hi) * hdp + 16 * c, o[hi]);
+			}
+		}
+	}
+	for (int hi = 0; hi < G; hi++) {
+		float *out = a->out + (size_t)t * qd + (size_t)(h0 + hi) * hd;
+		const __m512 inv = _mm512_set1_ps(1.0f / lr[hi]);
+		for (int c = 0; c < nch; c++)
+			_mm512_mask_storeu_ps(out + 16 * c, c == nch - 1 ? lastm : 0xffff,
+					      _mm512_mul_ps(_mm512_load_ps(acc + hi * hdp + 16 * c), inv));
+	}
+}
+
+/* ---- the table ------------------------------------------------------------------------ */
+
+void kern_avx512_fill(kern_table *t)
+{
+	t->from_float[QTYPE_Q8_0] = from_float_q8_0;
+	t->from_float[QTYPE_Q8_1] = from_float_q8_1;
+	t->from_float[QTYPE_Q8_K] = from_float_q8_k;
+	t->from_float[QTYPE_F16] = from_float_f16;
+	t->from_float[QTYPE_BF16] = from_float_bf16;
+	t->to_float[QTYPE_F16] = to_float_f16;
+	t->to_float[QTYPE_BF16] = to_float_bf16;
+
+	t->vec_dot[QTYPE_F32] = vec_dot_f32;
+	t->vec_dot[QTYPE_F16] = vec_dot_f16;
+	t->vec_dot[QTYPE_BF16] = vec_dot_bf16;
+
+	t->mm_act_bytes[QTYPE_Q8_0] = act_bytes_q8_0;
+	t->mm_act_bytes[QTYPE_Q8_1] = act_bytes_q8_1;
+	t->mm_act_bytes[QTYPE_Q8_K] = act_bytes_q8_k;
+	t->mm_act_bytes[QTYPE_F16] = act_bytes_half;
+	t->mm_act_bytes[QTYPE_BF16] = act_bytes_half;
+	t->mm_act_convert[QTYPE_Q8_0] = convert_q8_0;
+	t->mm_act_convert[QTYPE_Q8_1] = convert_q8_1;
+	t->mm_act_convert[QTYPE_Q8_K] = convert_q8_k;
+	t->mm_act_convert[QTYPE_F16] = convert_f16;
+	t->mm_act_convert[QTYPE_BF16] = convert_bf16;
+
+	t->mm_rows[QTYPE_F32] = rows_f32;
+	t->mm_rows[QTYPE_F16] = rows_f16;
+	t->mm_rows[QTYPE_BF16] = rows_bf16;
+	t->mm_rows[QTYPE_Q8_0] = rows_q8_0;
+	t->mm_rows[QTYPE_Q4_0] = rows_q4_0;
+	t->mm_rows[QTYPE_Q5_0] = rows_q5_0;
+	t->mm_rows[QTYPE_Q4_1] = rows_q4_1;
+	t->mm_rows[QTYPE_Q5_1] = rows_q5_1;
+	t->mm_rows[QTYPE_Q4_K] = rows_q4_k;
+	t->mm_rows[QTYPE_Q5_K] = rows_q5_k;
+	t->mm_rows[QTYPE_Q6_K] = rows_q6_k;
+
+	t->rmsnorm = rmsnorm;
+	t->swiglu = swiglu;
+	t->softmax = softmax;
+	t->rope = rope;
+	t->attn = attn;
+}
