@@ -7,6 +7,7 @@ int cmd_model(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_server(int argc, char **argv); /* also "launch_server" */
+int cmd_router(int argc, char **argv); /* also "launch_router" */
 int cmd_bench(int argc, char **argv);  /* bench serving | bench engine */
 int cmd_bench_serving(int argc, char **argv); /* also "bench_serving" */
 int cmd_bench_transfer(int argc, char **argv); /* bench transfer */

@@ -20,6 +20,8 @@ static const struct {
 	{ "detokenize", cmd_detokenize, "print the text of token ids" },
 	{ "server", cmd_server, "OpenAI-compatible HTTP server (SGLang launch_server flags)" },
 	{ "launch_server", cmd_server, "alias of server" },
+	{ "router", cmd_router, "PD / load-balancing router in front of servers (SGLang router flags)" },
+	{ "launch_router", cmd_router, "alias of router" },
 	{ "bench", cmd_bench, "bench serving (load generator) | bench engine" },
 	{ "bench_serving", cmd_bench_serving, "alias of bench serving (SGLang bench_serving flags)" },
 };

@@ -1,0 +1,407 @@
+/* router.c - `pdserve router` (alias `launch_router`): flags and wiring of
+ * the router (src/router/router.h).
+ *
+ * Flags use SGLang's router names (sglang_router.launch_router), so SGLang
+ * command lines run unchanged. They take several shapes getopt cannot
+ * express, so this file parses argv itself:
+ *   --worker-urls URL [URL...]                    regular mode
+ *   --prefill URL [BOOTSTRAP_PORT|none]           repeatable (PD mode)
+ *   --decode URL                                  repeatable (PD mode)
+ *   --pd-disaggregation --prefill-hosts URL[@PORT] [...] --decode-hosts URL [...]
+ * Values may also be given as --flag=value. A --prefill without a port gets
+ * 8998 (SGLang's default); a --prefill-hosts entry without @PORT takes the
+ * prefill's port from its /get_server_info.
+ *
+ * Exit status: 0 after a clean shutdown, 1 runtime error (bind), 2 usage.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "cmd/cmd.h"
+#include "cmd/common.h"
+#include "router/router.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: pdserve router [options]   (alias: pdserve launch_router)\n"
+		"PD mode:\n"
+		"  --prefill URL [BOOTSTRAP_PORT|none]  a prefill server (repeatable; bootstrap port default 8998)\n"
+		"  --decode URL                         a decode server (repeatable)\n"
+		"  --pd-disaggregation --prefill-hosts URL[@PORT]... --decode-hosts URL...\n"
+		"                                       the same; without @PORT the prefill's /get_server_info tells it\n"
+		"Regular mode:\n"
+		"  --worker-urls URL...                 unified servers\n"
+		"Options:\n"
+		"  --host H                             listen address (default 127.0.0.1)\n"
+		"  --port N                             listen port (default 30000; 0 = any free port)\n"
+		"  --policy P                           random | round_robin | power_of_two | cache_aware (default)\n"
+		"  --prefill-policy P, --decode-policy P   per kind in PD mode (default: --policy)\n"
+		"  --cache-threshold F                  cache_aware: prefix match rate to follow (default 0.3)\n"
+		"  --balance-abs-threshold N            cache_aware: imbalance when max-min load > N (default 64)\n"
+		"  --balance-rel-threshold F            ... and max > F x min (default 1.5)\n"
+		"  --eviction-interval-secs N           cache_aware: trim trees every N s (default 120)\n"
+		"  --max-tree-size N                    cache_aware: characters per worker tree (default 67108864)\n"
+		"  --health-check-interval-secs S       between health checks of a worker (default 60)\n"
+		"  --health-check-timeout-secs S        a check's deadline, also the connect timeout (default 5)\n"
+		"  --health-failure-threshold N         failed checks before a worker leaves (default 3)\n"
+		"  --health-success-threshold N         passed checks before it returns (default 2)\n"
+		"  --health-check-endpoint PATH         (default /health)\n"
+		"  --max-retries N                      attempts after the first, only before any byte reached the\n"
+		"                                       client (default 5)\n"
+		"  --retry-backoff-ms N                 first backoff, x1.5 per retry (default 50)\n"
+		"  --retry-max-backoff-ms N             (default 30000)\n"
+		"  --disable-retries\n"
+		"  --cb-failure-threshold N             request failures in a row that open a worker's breaker (default 10)\n"
+		"  --cb-success-threshold N             successes that close it again (default 3)\n"
+		"  --cb-timeout-duration-secs S         open this long before a trial (default 60)\n"
+		"  --disable-circuit-breaker\n"
+		"  --request-timeout-secs S             whole request (default 1800)\n"
+		"  --max-payload-size BYTES             request body limit (default 536870912); larger gets 413\n"
+		"  --api-key KEY                        clients must send Bearer KEY; sent to workers too\n"
+		"  --log-level debug|info|warning|error\n"
+		"  --prometheus-port N, --prometheus-host H   a second listener for /metrics (default: none;\n"
+		"                                       /metrics is on the main port anyway)\n"
+		"  accepted and ignored: --worker-startup-timeout-secs --worker-startup-check-interval\n"
+		"    --dp-aware --log-dir\n");
+}
+
+typedef enum { K_FLAG, K_ONE, K_MULTI, K_PREFILL } opt_kind;
+
+enum {
+	O_HOST, O_PORT, O_WORKERS, O_PD, O_PREFILL, O_DECODE, O_PHOSTS, O_DHOSTS, O_POLICY, O_PPOLICY, O_DPOLICY,
+	O_CACHE_T, O_ABS_T, O_REL_T, O_EVICT, O_TREE, O_HC_IV, O_HC_TO, O_HC_FAIL, O_HC_OK, O_HC_EP, O_RETRIES,
+	O_BACKOFF, O_MAXBACKOFF, O_NORETRY, O_CB_FAIL, O_CB_OK, O_CB_TO, O_NOCB, O_TIMEOUT, O_PAYLOAD, O_KEY, O_LOG,
+	O_PROM_PORT, O_PROM_HOST, O_IGN_ONE, O_IGN_FLAG, O_HELP,
+};
+
+static const struct {
+	const char *name;
+	int id;
+	opt_kind kind;
+} OPTS[] = {
+	{ "host", O_HOST, K_ONE },
+	{ "port", O_PORT, K_ONE },
+	{ "worker-urls", O_WORKERS, K_MULTI },
+	{ "pd-disaggregation", O_PD, K_FLAG },
+	{ "prefill", O_PREFILL, K_PREFILL },
+	{ "decode", O_DECODE, K_ONE },
+	{ "prefill-hosts", O_PHOSTS, K_MULTI },
+	{ "decode-hosts", O_DHOSTS, K_MULTI },
+	{ "policy", O_POLICY, K_ONE },
+	{ "prefill-policy", O_PPOLICY, K_ONE },
+	{ "decode-policy", O_DPOLICY, K_ONE },
+	{ "cache-threshold", O_CACHE_T, K_ONE },
+	{ "balance-abs-threshold", O_ABS_T, K_ONE },
+	{ "balance-rel-threshold", O_REL_T, K_ONE },
+	{ "eviction-interval-secs", O_EVICT, K_ONE },
+	{ "eviction-interval", O_EVICT, K_ONE },
+	{ "max-tree-size", O_TREE, K_ONE },
+	{ "health-check-interval-secs", O_HC_IV, K_ONE },
+	{ "health-check-timeout-secs", O_HC_TO, K_ONE },
+	{ "health-failure-threshold", O_HC_FAIL, K_ONE },
+	{ "health-success-threshold", O_HC_OK, K_ONE },
+	{ "health-check-endpoint", O_HC_EP, K_ONE },
+	{ "max-retries", O_RETRIES, K_ONE },
+	{ "retry-backoff-ms", O_BACKOFF, K_ONE },
+	{ "retry-initial-backoff-ms", O_BACKOFF, K_ONE },
+	{ "retry-max-backoff-ms", O_MAXBACKOFF, K_ONE },
+	{ "disable-retries", O_NORETRY, K_FLAG },
+	{ "cb-failure-threshold", O_CB_FAIL, K_ONE },
+	{ "cb-success-threshold", O_CB_OK, K_ONE },
+	{ "cb-timeout-duration-secs", O_CB_TO, K_ONE },
+	{ "disable-circuit-breaker", O_NOCB, K_FLAG },
+	{ "request-timeout-secs", O_TIMEOUT, K_ONE },
+	{ "max-payload-size", O_PAYLOAD, K_ONE },
+	{ "api-key", O_KEY, K_ONE },
+	{ "log-level", O_LOG, K_ONE },
+	{ "prometheus-port", O_PROM_PORT, K_ONE },
+	{ "prometheus-host", O_PROM_HOST, K_ONE },
+	{ "worker-startup-timeout-secs", O_IGN_ONE, K_ONE },
+	{ "worker-startup-check-interval", O_IGN_ONE, K_ONE },
+	{ "log-dir", O_IGN_ONE, K_ONE },
+	{ "dp-aware", O_IGN_FLAG, K_FLAG },
+	{ "help", O_HELP, K_FLAG },
+};
+
+typedef struct {
+	worker_type type;
+	const char *url;   /* points into argv, or into its own copy for URL@PORT */
+	size_t url_len;
+	int bootstrap;     /* port or ROUTER_BOOTSTRAP_* */
+} wspec;
+
+#define MAX_SPECS 256
+
+typedef struct {
+	router_config cfg;
+	const char *policy, *ppolicy, *dpolicy;
+	bool pd_flag;
+	wspec w[MAX_SPECS];
+	int n;
+} rt_opts;
+
+static int add_spec(rt_opts *o, worker_type t, const char *url, size_t len, int bootstrap)
+{
+	if (o->n >= MAX_SPECS) {
+		fprintf(stderr, "pdserve router: more than %d workers on the command line\n", MAX_SPECS);
+		return 2;
+	}
+	o->w[o->n++] = (wspec){ t, url, len, bootstrap };
+	return 0;
+}
+
+static bool is_flag(const char *s)
+{
+	return s[0] == '-' && s[1] == '-';
+}
+
+static int set_policy(const char *flag, const char *v, balance_config *c)
+{
+	int p = balance_policy_parse(v);
+	if (p < 0) {
+		fprintf(stderr, "pdserve router: %s %s: use random, round_robin, power_of_two or cache_aware\n", flag, v);
+		return 2;
+	}
+	c->policy = (balance_policy)p;
+	return 0;
+}
+
+static int parse_args(int argc, char **argv, rt_opts *o)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "-h")) {
+			usage(stdout);
+			return 1;
+		}
+		if (!is_flag(a)) {
+			fprintf(stderr, "pdserve router: unexpected argument '%s'\n", a);
+			return 2;
+		}
+		char name[64];
+		const char *eq = strchr(a, '=');
+		size_t nl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+		if (nl >= sizeof(name)) {
+			fprintf(stderr, "pdserve router: unknown flag '%s'\n", a);
+			return 2;
+		}
+		memcpy(name, a + 2, nl);
+		name[nl] = '\0';
+		for (char *p = name; *p; p++)
+			if (*p == '_')
+				*p = '-'; /* --worker_urls works too */
+		int k = -1;
+		for (int j = 0; j < (int)(sizeof(OPTS) / sizeof(OPTS[0])); j++)
+			if (!strcmp(name, OPTS[j].name))
+				k = j;
+		if (k < 0) {
+			fprintf(stderr, "pdserve router: unknown flag '%s' (see --help)\n", a);
+			return 2;
+		}
+		opt_kind kind = OPTS[k].kind;
+		const char *v = NULL;
+		if (kind == K_FLAG) {
+			if (eq) {
+				fprintf(stderr, "pdserve router: --%s takes no value\n", name);
+				return 2;
+			}
+		} else if (eq) {
+			v = eq + 1;
+		} else if (i + 1 < argc && (!is_flag(argv[i + 1]) || kind == K_ONE)) {
+			v = argv[++i];
+		} else if (kind != K_MULTI) {
+			fprintf(stderr, "pdserve router: --%s needs a value\n", name);
+			return 2;
+		}
+		long n = 0;
+		double d = 0;
+		const char *bad = NULL;
+		int rc = 0;
+		router_config *c = &o->cfg;
+		switch (OPTS[k].id) {
+		case O_HOST: c->host = v; break;
+		case O_PORT: if (cmd_parse_int(v, 0, 65535, &n)) bad = "--port"; c->port = (int)n; break;
+		case O_WORKERS:
+		case O_PHOSTS:
+		case O_DHOSTS: {
+			worker_type t = OPTS[k].id == O_WORKERS ? WORKER_REGULAR : OPTS[k].id == O_PHOSTS ? WORKER_PREFILL :
+												 WORKER_DECODE;
+			int count = 0;
+			for (const char *x = v; x; x = !eq && i + 1 < argc && !is_flag(argv[i + 1]) ? argv[++i] : NULL) {
+				size_t len = strlen(x);
+				int port = ROUTER_BOOTSTRAP_NONE;
+				if (t == WORKER_PREFILL) {
+					char err[ERR_LEN];
+					if (worker_split_bootstrap(x, &len, &port, err)) {
+						fprintf(stderr, "pdserve router: --prefill-hosts: %s\n", err);
+						return 2;
+					}
+					if (port == 0)
+						port = ROUTER_BOOTSTRAP_DISCOVER;
+				}
+				if ((rc = add_spec(o, t, x, len, port)))
+					return rc;
+				count++;
+				if (eq)
+					break;
+			}
+			if (!count) {
+				fprintf(stderr, "pdserve router: --%s needs at least one URL\n", name);
+				return 2;
+			}
+			break;
+		}
+		case O_PD: o->pd_flag = true; break;
+		case O_PREFILL: {
+			int port = 8998; /* SGLang's default bootstrap port */
+			if (i + 1 < argc && !is_flag(argv[i + 1])) {
+				const char *p = argv[i + 1];
+				if (!strcmp(p, "none") || !strcmp(p, "None")) {
+					port = ROUTER_BOOTSTRAP_NONE;
+					i++;
+				} else if (cmd_parse_int(p, 1, 65535, &n) == 0) {
+					port = (int)n;
+					i++;
+				} else if (!strstr(p, "://")) {
+					fprintf(stderr, "pdserve router: --prefill %s %s: the bootstrap port must be 1..65535 "
+							"or none\n", v, p);
+					return 2;
+				}
+			}
+			if ((rc = add_spec(o, WORKER_PREFILL, v, strlen(v), port)))
+				return rc;
+			break;
+		}
+		case O_DECODE:
+			if ((rc = add_spec(o, WORKER_DECODE, v, strlen(v), ROUTER_BOOTSTRAP_NONE)))
+				return rc;
+			break;
+		case O_POLICY: o->policy = v; break;
+		case O_PPOLICY: o->ppolicy = v; break;
+		case O_DPOLICY: o->dpolicy = v; break;
+		case O_CACHE_T: if (cmd_parse_float(v, 0, 1, &d)) bad = "--cache-threshold"; c->policy.cache_threshold = d; break;
+		case O_ABS_T:
+			if (cmd_parse_int(v, 0, 1L << 30, &n)) bad = "--balance-abs-threshold";
+			c->policy.balance_abs_threshold = (int)n;
+			break;
+		case O_REL_T:
+			if (cmd_parse_float(v, 0, 1e9, &d)) bad = "--balance-rel-threshold";
+			c->policy.balance_rel_threshold = d;
+			break;
+		case O_EVICT: if (cmd_parse_float(v, 0, 1e9, &d)) bad = "--eviction-interval-secs"; c->eviction_interval_s = d; break;
+		case O_TREE:
+			if (cmd_parse_int(v, 1, 1L << 40, &n)) bad = "--max-tree-size";
+			c->policy.max_tree_size = (size_t)n;
+			break;
+		case O_HC_IV: if (cmd_parse_float(v, 0.01, 1e7, &d)) bad = "--health-check-interval-secs"; c->health_interval_s = d; break;
+		case O_HC_TO: if (cmd_parse_float(v, 0.01, 1e7, &d)) bad = "--health-check-timeout-secs"; c->health_timeout_s = d; break;
+		case O_HC_FAIL:
+			if (cmd_parse_int(v, 1, 1 << 20, &n)) bad = "--health-failure-threshold";
+			c->wpolicy.failure_threshold = (int)n;
+			break;
+		case O_HC_OK:
+			if (cmd_parse_int(v, 1, 1 << 20, &n)) bad = "--health-success-threshold";
+			c->wpolicy.success_threshold = (int)n;
+			break;
+		case O_HC_EP:
+			if (v[0] != '/' || strpbrk(v, " \r\n")) bad = "--health-check-endpoint";
+			c->health_endpoint = v;
+			break;
+		case O_RETRIES: if (cmd_parse_int(v, 0, 1000, &n)) bad = "--max-retries"; c->max_retries = (int)n; break;
+		case O_BACKOFF: if (cmd_parse_int(v, 0, 1 << 24, &n)) bad = "--retry-backoff-ms"; c->retry_backoff_ms = (int)n; break;
+		case O_MAXBACKOFF:
+			if (cmd_parse_int(v, 0, 1 << 24, &n)) bad = "--retry-max-backoff-ms";
+			c->retry_max_backoff_ms = (int)n;
+			break;
+		case O_NORETRY: c->max_retries = 0; break;
+		case O_CB_FAIL:
+			if (cmd_parse_int(v, 1, 1 << 20, &n)) bad = "--cb-failure-threshold";
+			c->wpolicy.cb_failure_threshold = (int)n;
+			break;
+		case O_CB_OK:
+			if (cmd_parse_int(v, 1, 1 << 20, &n)) bad = "--cb-success-threshold";
+			c->wpolicy.cb_success_threshold = (int)n;
+			break;
+		case O_CB_TO: if (cmd_parse_float(v, 0, 1e7, &d)) bad = "--cb-timeout-duration-secs"; c->wpolicy.cb_timeout_s = d; break;
+		case O_NOCB: c->wpolicy.cb_disabled = true; break;
+		case O_TIMEOUT: if (cmd_parse_float(v, 0.001, 1e7, &d)) bad = "--request-timeout-secs"; c->request_timeout_s = d; break;
+		case O_PAYLOAD: if (cmd_parse_int(v, 1024, 1L << 40, &n)) bad = "--max-payload-size"; c->max_payload = (size_t)n; break;
+		case O_KEY: c->api_key = v; break;
+		case O_LOG:
+			if (log_level_parse(v) < 0)
+				bad = "--log-level";
+			else
+				log_set_level(log_level_parse(v));
+			break;
+		case O_PROM_PORT: if (cmd_parse_int(v, 1, 65535, &n)) bad = "--prometheus-port"; c->prometheus_port = (int)n; break;
+		case O_PROM_HOST: c->prometheus_host = v; break;
+		case O_IGN_ONE: LOGI("router", "--%s %s: ignored (workers join when their health check passes)", name, v); break;
+		case O_IGN_FLAG: LOGI("router", "--%s: ignored", name); break;
+		case O_HELP: usage(stdout); return 1;
+		}
+		if (bad) {
+			fprintf(stderr, "pdserve router: bad value for %s: '%s'\n", bad, v ? v : "");
+			return 2;
+		}
+	}
+	return 0;
+}
+
+int cmd_router(int argc, char **argv)
+{
+	rt_opts o;
+	memset(&o, 0, sizeof(o));
+	o.cfg = router_config_default();
+	int rc = parse_args(argc, argv, &o);
+	if (rc)
+		return rc == 1 ? 0 : rc;
+	/* the policy knobs apply to every kind; the kinds' policies default to --policy */
+	balance_config base = o.cfg.policy;
+	if (o.policy && set_policy("--policy", o.policy, &base))
+		return 2;
+	o.cfg.policy = o.cfg.prefill_policy = o.cfg.decode_policy = base;
+	if (o.ppolicy && set_policy("--prefill-policy", o.ppolicy, &o.cfg.prefill_policy))
+		return 2;
+	if (o.dpolicy && set_policy("--decode-policy", o.dpolicy, &o.cfg.decode_policy))
+		return 2;
+	int n_pd = 0, n_reg = 0;
+	for (int i = 0; i < o.n; i++) {
+		if (o.w[i].type == WORKER_REGULAR)
+			n_reg++;
+		else
+			n_pd++;
+	}
+	if (n_reg && (n_pd || o.pd_flag)) {
+		fprintf(stderr, "pdserve router: --worker-urls is regular mode; PD mode takes --prefill/--decode "
+				"(or --prefill-hosts/--decode-hosts)\n");
+		return 2;
+	}
+	o.cfg.pd = o.pd_flag || n_pd > 0;
+	char err[ERR_LEN];
+	router *r = router_create(&o.cfg, err);
+	if (!r) {
+		fprintf(stderr, "pdserve router: %s\n", err);
+		return 1;
+	}
+	for (int i = 0; i < o.n; i++) {
+		char url[1024];
+		snprintf(url, sizeof(url), "%.*s", (int)o.w[i].url_len, o.w[i].url);
+		if (router_add_worker(r, o.w[i].type, url, o.w[i].bootstrap, err)) {
+			fprintf(stderr, "pdserve router: %s\n", err);
+			router_destroy(r);
+			return 2;
+		}
+	}
+	if (!o.n)
+		LOGW("router", "no workers yet: add them with POST /workers");
+	/* one line on stdout that scripts can wait for */
+	printf("pdserve router ready on http://%s:%d\n", o.cfg.host ? o.cfg.host : "127.0.0.1", router_port(r));
+	fflush(stdout);
+	rc = router_run(r);
+	router_destroy(r);
+	LOGI("router", "stopped");
+	return rc < 0 ? 1 : 0;
+}
