@@ -328,6 +328,9 @@ static void node_wake(void *arg)
 	pthread_mutex_unlock(&n->mu);
 }
 
+/* Engine + xfer of one side, wired as `pdserve server` wires them, with
+   skip_compute and a pool for one request at a time. 0, or -1 with err
+   (nothing left open). */
 static int node_open(node *n, const bopts *o, const char *model, const variant *v, xfer_role role,
 		     char err[ERR_LEN])
 {
@@ -336,7 +339,7 @@ static int node_open(node *n, const bopts *o, const char *model, const variant *
 	pthread_cond_init(&n->cv, NULL);
 	xfer_config xc = { .role = role, .backend = v->backend, .host = "127.0.0.1" };
 	if (!(n->x = xfer_create(&xc, err)))
-		return -1;
+		goto fail;
 	engine_config c = engine_config_default();
 	c.model_path = model;
 	c.n_threads = 1;
@@ -360,9 +363,12 @@ static int node_open(node *n, const bopts *o, const char *model, const variant *
 		c.kv_release = xfer_kv_release;
 	}
 	if (!(n->e = engine_create(&c, err)))
-		return -1;
+		goto fail;
 	xfer_attach(n->x, n->e);
 	return 0;
+fail:
+	xfer_destroy(n->x);
+	return -1;
 }
 
 static void node_close(node *n)
