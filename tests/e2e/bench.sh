@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# bench.sh - `pdserve bench serving` against a real `pdserve server` on 127.0.0.1.
+#
+# On stories260K (or, without ../shared, the model `pdserve model synth`
+# writes), checked with python3's standard library:
+# - counts equal the server's: completed == the requests /metrics counted,
+#   total input/output tokens == the growth of sglang:prompt_tokens_total /
+#   generation_tokens_total, per backend (sglang /generate, openai
+#   completions with token-id prompts, openai-chat: llama-server's wire format);
+# - mean TTFT and TPOT agree within 5% with the server's own histograms
+#   (sum/count growth) over the same run;
+# - random prompts have the drawn lengths (input_lens == the server's counts);
+# - the JSON line has bench_serving's keys and per-request arrays; the table
+#   is printed; --plot writes the data and (with gnuplot) the PNGs;
+# - Poisson pacing (mean gap ~ 1/rate), --max-concurrency never exceeded;
+# - failures are counted, not averaged: too-long prompts (HTTP 400), client
+#   timeouts; every request failing exits 1; an unreachable server exits 1;
+# - the bench_serving alias and `pdserve bench serving` are the same tool.
+set -euo pipefail
+
+BIN=${PDSERVE_BIN:?set PDSERVE_BIN to the pdserve binary}
+HERE=$(cd "$(dirname "$0")/../.." && pwd)
+SHARED=${PDSERVE_SHARED:-$HERE/../shared}
+command -v curl >/dev/null && command -v python3 >/dev/null || { echo "skip: needs curl and python3"; exit 0; }
+T=$(mktemp -d)
+PIDS=()
+cleanup() {
+	exec 2>/dev/null
+	for p in "${PIDS[@]}"; do kill -9 "$p" || true; done
+	wait || true
+	rm -rf "$T"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+MODEL=$SHARED/models/stories260K.gguf
+if [ ! -r "$MODEL" ]; then
+	MODEL=$T/synth.gguf
+	"$BIN" model synth "$MODEL" >/dev/null 2>&1 || fail "model synth"
+	echo "note: ../shared absent, using a synthesized model"
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start NAME ARGS...: start a server, wait for /health; sets NAME_PORT.
+start() {
+	local name=$1 try pid port deadline
+	shift
+	for try in 1 2 3 4 5; do
+		port=$(free_port)
+		"$BIN" server --model-path "$MODEL" --port "$port" "$@" >"$T/$name.out" 2>"$T/$name.err" &
+		pid=$!
+		PIDS+=("$pid")
+		deadline=$((SECONDS + 20))
+		while ! curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
+			if ! kill -0 "$pid" 2>/dev/null; then
+				grep -q "cannot listen" "$T/$name.err" && continue 2
+				cat "$T/$name.err" >&2
+				fail "$name exited before it was healthy"
+			fi
+			[ "$SECONDS" -lt "$deadline" ] || fail "$name not healthy within 20 s"
+			sleep 0.05
+		done
+		eval "${name}_PORT=$port"
+		return 0
+	done
+	fail "$name: no free port after 5 tries"
+}
+
+start S --threads 2
+URL=http://127.0.0.1:$S_PORT
+metrics() { curl -sf "$URL/metrics" >"$1" || fail "GET /metrics"; }
+
+# run_checked TAG ARGS...: one run between two /metrics scrapes; the
+# client's numbers must match the server's growth.
+run_checked() {
+	local tag=$1
+	shift
+	metrics "$T/m0.$tag"
+	"$BIN" bench serving --base-url "$URL" --warmup-requests 0 --disable-tqdm --tag "$tag" \
+		--output-file "$T/out.jsonl" "$@" >"$T/$tag.out" 2>"$T/$tag.err" ||
+		{ cat "$T/$tag.out" "$T/$tag.err" >&2; fail "$tag: bench exited $?"; }
+	metrics "$T/m1.$tag"
+	python3 - "$T" "$tag" <<'EOF' || fail "$tag: client and server disagree (see above)"
+import json, re, sys
+T, tag = sys.argv[1], sys.argv[2]
+def scrape(p):
+    m = {}
+    for line in open(p):
+        g = re.match(r'^(sglang:[a-z_]+)\{[^}]*\} (\S+)$', line)
+        if g:
+            m[g.group(1)] = float(g.group(2))
+    return m
+a, b = scrape(f"{T}/m0.{tag}"), scrape(f"{T}/m1.{tag}")
+d = lambda k: b.get(k, 0) - a.get(k, 0)
+run = [json.loads(l) for l in open(f"{T}/out.jsonl") if json.loads(l)["tag"] == tag][-1]
+bad = []
+def want(name, got, exp):
+    if got != exp: bad.append(f"{name}: client {got}, server {exp}")
+n = run["num_prompts"]
+want("completed", run["completed"], n)
+want("server requests", int(d("sglang:num_requests_total")), n)
+want("total_input_tokens", run["total_input_tokens"], int(d("sglang:prompt_tokens_total")))
+want("total_output_tokens", run["total_output_tokens"], int(d("sglang:generation_tokens_total")))
+for k in ["backend", "dataset_name", "request_rate", "max_concurrency", "duration", "completed",
+          "total_input_tokens", "total_output_tokens", "request_throughput", "input_throughput",
+          "output_throughput", "total_throughput", "concurrency", "mean_ttft_ms", "median_ttft_ms",
+          "std_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms", "p99_tpot_ms", "mean_itl_ms",
+          "median_itl_ms", "p95_itl_ms", "p99_itl_ms", "max_itl_ms", "mean_e2e_latency_ms",
+          "median_e2e_latency_ms", "p90_e2e_latency_ms", "p99_e2e_latency_ms", "input_lens", "output_lens",
+          "ttfts", "itls", "errors"]:
+    if k not in run: bad.append(f"key {k} missing")
+for k in ["input_lens", "output_lens", "ttfts", "itls", "errors"]:
+    if len(run.get(k, [])) != n: bad.append(f"{k} has {len(run.get(k, []))} entries, want {n}")
+def close(name, client_ms, server_sum, server_count):
+    if server_count <= 0:
+        bad.append(f"{name}: the server observed nothing"); return
+    server_ms = 1e3 * server_sum / server_count
+    rel = abs(client_ms - server_ms) / server_ms
+    print(f"  {tag}: {name} client {client_ms:.3f} ms, server {server_ms:.3f} ms ({100 * rel:.1f}%)")
+    if rel > 0.05: bad.append(f"{name}: client {client_ms:.3f} ms vs server {server_ms:.3f} ms ({100 * rel:.1f}% > 5%)")
+if run.get("stream", True) and run["mean_itl_ms"] > 0:
+    close("mean TTFT", run["mean_ttft_ms"], d("sglang:time_to_first_token_seconds_sum"),
+          d("sglang:time_to_first_token_seconds_count"))
+    close("mean TPOT", run["mean_tpot_ms"], d("sglang:time_per_output_token_seconds_sum"),
+          d("sglang:time_per_output_token_seconds_count"))
+if bad:
+    print("\n".join(bad), file=sys.stderr)
+sys.exit(1 if bad else 0)
+EOF
+}
+
+# ---- sglang /generate: random prompts at rate inf (TTFT includes queueing)
+run_checked gen --backend sglang --dataset-name random --random-input-len 160 --random-output-len 48 \
+	--random-range-ratio 0.5 --num-prompts 32 --request-rate inf --plot "$T/plots" \
+	--slo-ttft-ms 100000 --slo-tpot-ms 100000
+grep -q "^============ Serving Benchmark Result ============$" "$T/gen.out" || fail "no summary table"
+grep -Eq "^Successful requests: +32 +$" "$T/gen.out" || fail "table: successful requests"
+grep -Eq "^Request goodput \(req/s\):" "$T/gen.out" || fail "table: goodput row"
+for f in ttft.dat tpot.dat itl.dat throughput.dat plots.gp; do [ -s "$T/plots/$f" ] || fail "--plot: $f missing"; done
+if command -v gnuplot >/dev/null; then
+	for f in ttft_cdf tpot_cdf itl_time throughput; do
+		[ -s "$T/plots/$f.png" ] || fail "--plot: $f.png missing"
+	done
+else
+	echo "note: gnuplot absent, PNGs not checked"
+fi
+# exact lengths: each prompt is its drawn length plus the BOS the server adds
+python3 - "$T" <<'EOF' || fail "random prompt lengths"
+import json, sys
+run = [json.loads(l) for l in open(sys.argv[1] + "/out.jsonl")][-1]
+lens = run["input_lens"]
+assert all(81 <= x <= 161 for x in lens), lens
+assert run["good_requests"] == 32 and abs(run["slo_attainment"] - 1) < 1e-9, run["good_requests"]
+assert all(24 <= x <= 48 for x in run["output_lens"]), run["output_lens"]
+EOF
+
+# ---- openai completions with token-id prompts, Poisson arrivals, at most 6 in flight
+run_checked oai --backend openai --dataset-name random --random-input-len 300 --random-output-len 32 \
+	--random-range-ratio 1 --num-prompts 24 --request-rate 60 --max-concurrency 6 --tokenize-prompt --seed 7
+python3 - "$T" <<'EOF' || fail "pacing / concurrency"
+import json, sys
+run = [json.loads(l) for l in open(sys.argv[1] + "/out.jsonl")][-1]
+assert run["input_lens"] == [300] * 24, run["input_lens"]     # token ids: exactly the drawn length
+assert run["output_lens"] == [32] * 24, run["output_lens"]
+ev = []
+for s, e in zip(run["start_times"], run["e2e_latencies"]):
+    ev += [(s, 1), (s + e, -1)]
+cur = peak = 0
+for _, k in sorted(ev, key=lambda x: (x[0], x[1])):
+    cur += k; peak = max(peak, cur)
+assert peak <= 6, f"{peak} requests in flight with --max-concurrency 6"
+EOF
+
+# ---- openai-chat (llama.cpp server's wire format), streaming
+run_checked chat --backend openai-chat --dataset-name random --random-input-len 60 --random-output-len 24 \
+	--random-range-ratio 1 --num-prompts 12 --request-rate 100
+grep -q "^Backend: *openai-chat" "$T/chat.out" || fail "chat: backend row"
+
+# ---- Poisson pacing alone (no queueing in the client): mean gap ~ 1/rate
+"$BIN" bench_serving --base-url "$URL" --dataset-name random --random-input-len 8 --random-output-len 2 \
+	--num-prompts 60 --request-rate 100 --warmup-requests 0 --disable-tqdm --output-file "$T/pace.jsonl" \
+	>"$T/pace.out" 2>&1 || fail "pacing run: $(cat "$T/pace.out")"
+python3 - "$T" <<'EOF' || fail "Poisson pacing"
+import json, sys
+run = json.loads(open(sys.argv[1] + "/pace.jsonl").read())
+st = run["start_times"]
+gaps = [b - a for a, b in zip(st, st[1:])]
+mean = sum(gaps) / len(gaps)
+assert 0.005 < mean < 0.02, f"mean gap {mean:.4f} s at rate 100"
+assert min(gaps) >= 0
+EOF
+
+# ---- non-streaming: TTFT is the whole latency, counts still the server's
+run_checked nostream --backend sglang --dataset-name random --random-input-len 40 --random-output-len 8 \
+	--random-range-ratio 1 --num-prompts 6 --disable-stream
+
+# ---- failures are counted, never averaged
+"$BIN" bench serving --base-url "$URL" --dataset-name random --random-input-len 700 --random-output-len 8 \
+	--random-range-ratio 1 --num-prompts 3 --warmup-requests 0 --disable-tqdm >"$T/long.out" 2>&1 && fail "all failing: exit 0"
+grep -q "every request failed" "$T/long.out" || fail "all failing: $(cat "$T/long.out")"
+grep -Eq "^Failed requests: +3 " "$T/long.out" || fail "all failing: failed row"
+grep -q "HTTP 400" "$T/long.out" || fail "all failing: the 400 is shown"
+"$BIN" bench serving --base-url "$URL" --dataset-name random --random-input-len 20 --random-output-len 400 \
+	--random-range-ratio 1 --num-prompts 4 --warmup-requests 0 --timeout 0.05 --disable-tqdm \
+	--output-file "$T/to.jsonl" >"$T/to.out" 2>&1 || true
+python3 - "$T" <<'EOF' || fail "timeouts: $(cat "$T/to.out")"
+import json, sys
+run = json.loads(open(sys.argv[1] + "/to.jsonl").read())
+assert run["timeouts"] == 4 and run["completed"] == 0, (run["timeouts"], run["completed"])
+assert all(e.startswith("timeout") for e in run["errors"]), run["errors"]
+EOF
+rc=0
+"$BIN" bench serving --port "$(free_port)" --dataset-name random --num-prompts 2 >"$T/down.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "cannot reach the server" "$T/down.out" || fail "unreachable server: exit $rc"
+rc=0
+"$BIN" bench serving --backend trt >/dev/null 2>&1 || rc=$?
+[ "$rc" = 2 ] || fail "unknown backend: exit $rc"
+"$BIN" bench serving --help | grep -q -- "--max-concurrency" || fail "--help"
+echo "bench.sh: ok"
