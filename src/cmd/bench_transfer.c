@@ -853,7 +853,7 @@ int cmd_bench_transfer(int argc, char **argv)
 		}
 		char of[40];
 		snprintf(of, sizeof(of), "of %s", ceil_name[v->ceiling]);
-		char tv[40];
+		char tv[64];
 		snprintf(tv, sizeof(tv), "%s %s", tgt, verdict);
 		printf("%-18s %7.2f %8.0f%% %-22s %-14s %9.1f %15.1f\n", v->label, gbps, ratio * 100, of, tv, l50 * 1e3,
 		       x50 * 1e3);
