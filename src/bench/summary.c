@@ -120,7 +120,8 @@ int summary_compute(const summary_req *r, size_t n, double dur, const summary_sl
 		double t = summary_tpot(q);
 		if (t >= 0)
 			tpot[np++] = t;
-		memcpy(itl + ni, q->itl, q->n_itl * sizeof(double));
+		if (q->n_itl)
+			memcpy(itl + ni, q->itl, q->n_itl * sizeof(double));
 		ni += q->n_itl;
 		if (slo && summary_good(q, slo))
 			s->good++;
