@@ -204,6 +204,7 @@ struct rreq {
 	int tried[MAX_TRIED], n_tried;
 	leg p, d;                  /* PD: both; regular: d only */
 	uint64_t room;
+	char p_url[300], d_url[300]; /* this attempt's workers, for the X-Pdserve-* reply headers */
 	bool committed;            /* bytes went to the client */
 	bool waiting_merge;        /* the decode's body is in; waiting for the prefill's */
 	struct evbuffer *sse_hold; /* an incomplete trailing SSE event */
@@ -1049,6 +1050,17 @@ static void count_e2e(rreq *q)
 	histo_add(&q->r->m.e2e, E2E_BUCKETS, N_E2E, (double)(clock_now_ns() - q->t_start) * 1e-9);
 }
 
+/* Which workers served this request: X-Pdserve-Prefill / X-Pdserve-Decode
+   (PD) or X-Pdserve-Worker (regular). */
+static void add_worker_headers(rreq *q, struct evhttp_request *req)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	if (q->p_url[0])
+		evhttp_add_header(h, "X-Pdserve-Prefill", q->p_url);
+	if (q->d_url[0])
+		evhttp_add_header(h, q->r->cfg.pd ? "X-Pdserve-Decode" : "X-Pdserve-Worker", q->d_url);
+}
+
 /* Reply a complete (non-streamed) answer and finish the client side. */
 static void rq_reply(rreq *q, int status, const char *ctype, const void *body, size_t len)
 {
@@ -1069,6 +1081,7 @@ static void rq_reply(rreq *q, int status, const char *ctype, const void *body, s
 		return;
 	}
 	q->committed = true;
+	add_worker_headers(q, req);
 	reply_raw(r, req, q->route, status, ctype, body, len);
 }
 
@@ -1142,6 +1155,7 @@ static void rq_commit_stream(rreq *q, const char *ctype)
 	struct evkeyvalq *h = evhttp_request_get_output_headers(q->req);
 	evhttp_add_header(h, "Content-Type", ctype && *ctype ? ctype : "text/event-stream");
 	evhttp_add_header(h, "Cache-Control", "no-cache");
+	add_worker_headers(q, q->req);
 	evhttp_send_reply_start(q->req, 200, "OK");
 	q->committed = true;
 }
@@ -1237,8 +1251,11 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 
 /* The attempt failed before anything reached the client. l: the failing
    leg (its worker is blamed), status/msg: what happened, body: the worker's
-   answer when it gave one. */
-static void attempt_fail(rreq *q, leg *l, int status, const char *msg, struct evbuffer *body, bool retryable)
+   answer when it gave one. answered: status is the worker's own (503/429:
+   it is busy, and a retry may go back to it after the backoff); a worker
+   that could not be reached is not tried again for this request. */
+static void attempt_fail(rreq *q, leg *l, int status, const char *msg, struct evbuffer *body, bool retryable,
+			 bool answered)
 {
 	router *r = q->r;
 	rworker *w = l->w;
@@ -1252,7 +1269,7 @@ static void attempt_fail(rreq *q, leg *l, int status, const char *msg, struct ev
 	if (w && q->n_tried < MAX_TRIED && !was_tried(q, w->id))
 		q->tried[q->n_tried++] = w->id;
 	q->fail_status = status;
-	q->fail_overload = status == 503 || status == 429;
+	q->fail_overload = answered && (status == 503 || status == 429);
 	snprintf(q->fail_msg, sizeof(q->fail_msg), "%s %s: %s", kind, url, msg);
 	if (q->fail_body)
 		evbuffer_drain(q->fail_body, evbuffer_get_length(q->fail_body));
@@ -1374,7 +1391,7 @@ static void leg_done(void *arg)
 	if (l->prefill) {
 		if (!l->ok && q->req && !q->committed) {
 			/* the prefill failed before the decode answered: its error is the answer */
-			attempt_fail(q, l, l->status, msg, l->buf, l->status == 503 || l->status == 429);
+			attempt_fail(q, l, l->status, msg, l->buf, l->status == 503 || l->status == 429, true);
 			return;
 		}
 		if (!l->ok)
@@ -1396,7 +1413,7 @@ static void leg_done(void *arg)
 		return;
 	}
 	if (!l->ok) {
-		attempt_fail(q, l, l->status, msg, l->buf, l->status == 503 || l->status == 429);
+		attempt_fail(q, l, l->status, msg, l->buf, l->status == 503 || l->status == 429, true);
 		return;
 	}
 	leg_end(l);
@@ -1448,7 +1465,7 @@ static void leg_error(void *arg, upstream_err kind, const char *message)
 		rq_maybe_free(q);
 		return;
 	}
-	attempt_fail(q, l, kind == UPSTREAM_ERR_CONNECT ? 503 : 502, message, NULL, retryable);
+	attempt_fail(q, l, kind == UPSTREAM_ERR_CONNECT ? 503 : 502, message, NULL, retryable, false);
 }
 
 static const upstream_cbs LEG_CBS = { leg_head, leg_body, leg_done, leg_error };
@@ -1489,6 +1506,8 @@ static void attempt_start(rreq *q)
 		rq_maybe_free(q);
 		return;
 	}
+	snprintf(q->d_url, sizeof(q->d_url), "%s", dw->url.url);
+	snprintf(q->p_url, sizeof(q->p_url), "%s", pw ? pw->url.url : "");
 	if (!r->cfg.pd) {
 		LOGD("router", "%s %s: attempt %d -> %s", path, q->id, q->attempt, dw->url.url);
 		if (!leg_start(q, &q->d, dw, path, q->base, q->base_len)) {
