@@ -3,7 +3,8 @@
 #   make            build build/pdserve (-O2, C11, -Wall -Wextra -Werror)
 #   make test       build and run every unit test and the e2e scripts
 #   make check      the same under ASan+UBSan, in build/san
-#   make demo       the main job: generate text with the default model
+#   make demo       the main job: prefill + decode + router, a chat completion streamed
+#   make demo-stop  stop it (make demo-1p3d: 1 prefill, 3 decodes)
 #   make clean
 #
 # BUILD=dir puts objects elsewhere (several builds can share one tree).
@@ -50,7 +51,7 @@ BIN      := $(BUILD)/pdserve
 $(BUILD)/src/kernels/x86/avx2.o:   ISA := -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/x86/avx512.o: ISA := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
 
-.PHONY: all test check clean unit e2e demo fuzz fuzz-bins
+.PHONY: all test check clean unit e2e demo demo-1p3d demo-stop fuzz fuzz-bins
 .SECONDARY:
 all: $(BIN)
 
@@ -94,9 +95,15 @@ check:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/san OPT=-O1 \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
 
-# The main job. Grows into router + prefill + decode in later issues.
-demo: $(BIN)
-	$(BIN) generate --prompt "Once upon a time" -n 64
+# The main job: prefill + decode + router on loopback (scripts/demo.sh builds
+# first), one chat completion streamed through them; the stack stays up until
+# `make demo-stop`. demo-1p3d: the 1 prefill : 3 decode layout.
+demo:
+	@BUILD=$(BUILD) scripts/demo.sh
+demo-1p3d:
+	@BUILD=$(BUILD) DECODES=3 scripts/demo.sh
+demo-stop:
+	@BUILD=$(BUILD) scripts/demo.sh stop
 
 # libFuzzer targets (tests/fuzz/*_fuzz.c), built with clang + ASan/UBSan in
 # BUILD/fuzz, each run for FUZZ_SECONDS over its committed seed corpus

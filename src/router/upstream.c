@@ -118,7 +118,8 @@ static int parse_head(upstream_parser *p, char err[ERR_LEN])
 	int minor;
 	int status;
 	char c1;
-	if (!line || sscanf(line, "HTTP/1.%d %3d%c", &minor, &status, &c1) < 2 || status < 100 || status > 599)
+	int got = line ? sscanf(line, "HTTP/1.%d %3d%c", &minor, &status, &c1) : 0;
+	if (got < 2 || (got == 3 && c1 != ' ') || status < 100 || status > 599)
 		return err_set(err, ERR_PROTO, "bad status line '%.80s'", line ? line : "");
 	bool chunked = false, have_len = false, close = false, keep = false;
 	uint64_t clen = 0;
