@@ -529,6 +529,14 @@ static void conn_read(struct bufferevent *bev, void *arg)
 	upconn *c = arg;
 	upstream *u = c->u;
 	struct evbuffer *in = bufferevent_get_input(bev);
+	/* ACK at once. A worker that writes a stream's head and then its first
+	   event as two small writes with Nagle on (evhttp does not set
+	   TCP_NODELAY) holds the event until the head is ACKed; on a kept-alive
+	   connection past TCP's initial quick-ACK phase our delayed ACK would
+	   cost it 40 ms of TTFT. The kernel clears the flag as it goes: set it
+	   on every read. */
+	int one = 1;
+	setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 	u->in_cb++;
 	u->got_bytes = true;
 	char err[ERR_LEN];
@@ -577,7 +585,8 @@ static void conn_event(struct bufferevent *bev, short what, void *arg)
 		c->connected = true;
 		evutil_socket_t fd = bufferevent_getfd(bev);
 		int one = 1;
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* SSE chunks are small */
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* requests go out whole */
+		setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 		bufferevent_set_timeouts(bev, NULL, NULL);
 		return;
 	}
