@@ -51,7 +51,7 @@ BIN      := $(BUILD)/pdserve
 $(BUILD)/src/kernels/x86/avx2.o:   ISA := -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/x86/avx512.o: ISA := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
 
-.PHONY: all test check clean unit e2e demo demo-1p3d demo-stop fuzz fuzz-bins
+.PHONY: all test check clean unit e2e demo demo-1p3d demo-stop fuzz fuzz-bins bench-kernels
 .SECONDARY:
 all: $(BIN)
 
@@ -125,6 +125,13 @@ fuzz:
 			> $(BUILD)/fuzz/$$t.log 2>&1 || { fail=1; tail -30 $(BUILD)/fuzz/$$t.log; }; \
 		grep -E "stat::number_of_executed_units|Done [0-9]+ runs" $(BUILD)/fuzz/$$t.log | tail -1; \
 	done; exit $$fail
+
+# Kernel micro-benchmarks (bench/kernels.c): every implementation the CPU
+# supports against ref. BENCH_ARGS passes flags, e.g. BENCH_ARGS=--quick.
+bench-kernels: $(BUILD)/bench/kernels
+	$(BUILD)/bench/kernels $(BENCH_ARGS)
+$(BUILD)/bench/kernels: $(BUILD)/bench/kernels.o $(LIB)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(LIB) $(LDLIBS_ALL)
 
 clean:
 	rm -rf $(BUILD)

@@ -9,19 +9,29 @@
  * Waiting is hybrid on both sides. A worker that finished a job spins for a
  * while (SPIN_ROUNDS rounds of pause, yielding every 256th, about a
  * millisecond) watching `gen`, because in a decode step the next matmul
- * follows within microseconds; after that it sleeps on `work_cv`. The caller likewise spins on `pending` before sleeping
- * on `done_cv`. Lost wake-ups are impossible because both sleepers re-check
- * their condition under `mu`, and both wakers change the condition before
- * taking `mu` to signal:
+ * follows within microseconds; after that it sleeps on `work_cv`. The
+ * caller likewise spins on `pending` before sleeping on `done_cv`. A waker
+ * takes `mu` and signals only when someone announced that it sleeps
+ * (`n_sleeping`, `caller_sleeping`), so a run with spinning workers costs
+ * two atomic operations and a few cache-line transfers, not a mutex and a
+ * broadcast. Lost wake-ups are impossible: a sleeper first announces itself
+ * (seq_cst), then re-checks its condition under `mu`; a waker first changes
+ * the condition (seq_cst), then reads the announcement. In the single total
+ * order of those seq_cst operations either the sleeper's re-check sees the
+ * new condition, or the waker sees the announcement and signals under `mu`
+ * (the sleeper is then waiting, or has not re-checked yet):
  *
  *   caller (threadpool_run)                worker (worker_main)
  *   -----------------------                --------------------
  *   fn, arg, pending = nth-1               spin on gen, then under mu:
- *   lock; gen++; broadcast work_cv;          while gen == seen: wait work_cv
- *   unlock                                 seen = gen
- *   fn(arg, 0, nth)                        fn(arg, ith, nth)
- *   spin on pending, then under mu:        if --pending == 0:
- *     while pending: wait done_cv            lock; signal done_cv; unlock
+ *   gen++;                                   n_sleeping++
+ *   if n_sleeping: lock; broadcast;          while gen == seen: wait work_cv
+ *     unlock                                 n_sleeping--
+ *   fn(arg, 0, nth)                        seen = gen; fn(arg, ith, nth)
+ *   spin on pending, then under mu:        if --pending == 0 and caller_sleeping:
+ *     caller_sleeping = 1;                   lock; signal done_cv; unlock
+ *     while pending: wait done_cv
+ *     caller_sleeping = 0
  *
  * Memory ordering: the bump of `gen` is a release (and happens under mu), so
  * a worker that sees the new generation also sees fn and arg; the decrement
@@ -65,6 +75,8 @@ struct threadpool {
 	void *arg;
 	atomic_uint gen;    /* bumped once per run and once at shutdown */
 	atomic_int pending; /* workers that have not finished the current job */
+	atomic_int n_sleeping;       /* workers waiting (or about to) on work_cv */
+	atomic_int caller_sleeping;  /* the caller waits (or is about to) on done_cv */
 	atomic_bool stop;
 	atomic_bool busy;   /* a run is in progress (catches nested runs) */
 };
@@ -95,9 +107,11 @@ static unsigned wait_for_work(threadpool *tp, unsigned seen)
 		spin_pause(i);
 	}
 	pthread_mutex_lock(&tp->mu);
+	atomic_fetch_add(&tp->n_sleeping, 1);
 	unsigned g;
-	while ((g = atomic_load_explicit(&tp->gen, memory_order_acquire)) == seen)
+	while ((g = atomic_load(&tp->gen)) == seen)
 		pthread_cond_wait(&tp->work_cv, &tp->mu);
+	atomic_fetch_sub(&tp->n_sleeping, 1);
 	pthread_mutex_unlock(&tp->mu);
 	return g;
 }
@@ -112,7 +126,7 @@ static void *worker_main(void *p)
 		if (atomic_load_explicit(&tp->stop, memory_order_acquire))
 			break;
 		tp->fn(tp->arg, w->ith, tp->n);
-		if (atomic_fetch_sub_explicit(&tp->pending, 1, memory_order_acq_rel) == 1) {
+		if (atomic_fetch_sub(&tp->pending, 1) == 1 && atomic_load(&tp->caller_sleeping)) {
 			pthread_mutex_lock(&tp->mu);
 			pthread_cond_signal(&tp->done_cv);
 			pthread_mutex_unlock(&tp->mu);
@@ -149,6 +163,8 @@ threadpool *threadpool_create(int n_threads, char err[ERR_LEN])
 	atomic_init(&tp->pending, 0);
 	atomic_init(&tp->stop, 0);
 	atomic_init(&tp->busy, 0);
+	atomic_init(&tp->n_sleeping, 0);
+	atomic_init(&tp->caller_sleeping, 0);
 	if (n_threads == 1)
 		return tp;
 
@@ -227,10 +243,12 @@ void threadpool_run(threadpool *tp, threadpool_fn fn, void *arg)
 	tp->fn = fn;
 	tp->arg = arg;
 	atomic_store_explicit(&tp->pending, tp->n - 1, memory_order_relaxed);
-	pthread_mutex_lock(&tp->mu);
-	atomic_fetch_add_explicit(&tp->gen, 1, memory_order_release);
-	pthread_cond_broadcast(&tp->work_cv);
-	pthread_mutex_unlock(&tp->mu);
+	atomic_fetch_add(&tp->gen, 1); /* seq_cst: publishes fn, arg, pending */
+	if (atomic_load(&tp->n_sleeping)) {
+		pthread_mutex_lock(&tp->mu);
+		pthread_cond_broadcast(&tp->work_cv);
+		pthread_mutex_unlock(&tp->mu);
+	}
 
 	fn(arg, 0, tp->n);
 
@@ -240,8 +258,10 @@ void threadpool_run(threadpool *tp, threadpool_fn fn, void *arg)
 		spin_pause(i);
 	}
 	pthread_mutex_lock(&tp->mu);
-	while (atomic_load_explicit(&tp->pending, memory_order_acquire) != 0)
+	atomic_store(&tp->caller_sleeping, 1);
+	while (atomic_load(&tp->pending) != 0)
 		pthread_cond_wait(&tp->done_cv, &tp->mu);
+	atomic_store(&tp->caller_sleeping, 0);
 	pthread_mutex_unlock(&tp->mu);
 done:
 	atomic_store_explicit(&tp->busy, 0, memory_order_relaxed);

@@ -3,7 +3,8 @@
  *
  *   pdserve bench serving ...   serving load generator (SGLang's bench_serving;
  *                               src/cmd/bench_serving.c, also `pdserve bench_serving`)
- *   pdserve bench engine ...    kernel/engine timings (kernels issue; not built yet)
+ *   pdserve bench engine ...    forward-pass pp/tg/batched tok/s, llama-bench style
+ *                               (src/cmd/bench_engine.c)
  *   pdserve bench transfer ...  KV transfer per backend vs memcpy / TCP ceilings
  *                               (src/cmd/bench_transfer.c)
  *
@@ -36,10 +37,8 @@ int cmd_bench(int argc, char **argv)
 		return cmd_bench_serving(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "transfer"))
 		return cmd_bench_transfer(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "engine")) {
-		fprintf(stderr, "pdserve bench engine: not built yet (engine: see pdserve bench engine, kernels issue)\n");
-		return 2;
-	}
+	if (!strcmp(argv[1], "engine"))
+		return cmd_bench_engine(argc - 1, argv + 1);
 	fprintf(stderr, "pdserve bench: unknown benchmark '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;

@@ -11,5 +11,6 @@ int cmd_router(int argc, char **argv); /* also "launch_router" */
 int cmd_bench(int argc, char **argv);  /* bench serving | bench engine */
 int cmd_bench_serving(int argc, char **argv); /* also "bench_serving" */
 int cmd_bench_transfer(int argc, char **argv); /* bench transfer */
+int cmd_bench_engine(int argc, char **argv); /* bench engine */
 
 #endif

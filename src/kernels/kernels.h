@@ -47,17 +47,21 @@ typedef float (*kern_vec_dot_fn)(int64_t n, const void *x, const void *y);
 typedef struct kern_weight kern_weight;
 typedef struct kern_attn kern_attn;
 
+/* Rows of a weight matrix handled per tile by the tiled matmul entries. */
+#define KERN_MM_TILE 8
+
 /* Tiled matmul, private activation layout (see the contract above).
    act_bytes: scratch for n_tok rows of n_in (64-byte aligned start).
    act_convert: part ith of nth of converting x [n_tok][n_in] into act.
-   rows: part ith of nth of y [n_tok][n_out] (ld n_out) from w and act; for
-   F32 weights act is x itself. All three are called with the same
+   rows: y [n_tok][n_out] (ld n_out) for the rows of tiles [tile0, tile1)
+   (KERN_MM_TILE rows each, the last one possibly short) from w and act;
+   for F32 weights act is x itself. All three are called with the same
    (n_in, n_tok), so the layout may depend on them. */
 typedef size_t (*kern_mm_act_bytes_fn)(int64_t n_in, int64_t n_tok);
 typedef void (*kern_mm_act_convert_fn)(const float *x, int64_t n_in, int64_t n_tok, void *act, int ith,
 				       int nth);
-typedef void (*kern_mm_rows_fn)(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith,
-				int nth);
+typedef void (*kern_mm_rows_fn)(const kern_weight *w, const void *act, int64_t n_tok, float *y, int64_t tile0,
+				int64_t tile1);
 
 typedef struct {
 	const char *name; /* "ref", "avx2", "avx512" */
@@ -121,6 +125,14 @@ void kern_matmul(threadpool *tp, const kern_weight *w, const float *x, int64_t n
 size_t kern_matmul_scratch_t(const kern_table *t, const kern_weight *w, int64_t n_tok);
 void kern_matmul_t(const kern_table *t, threadpool *tp, const kern_weight *w, const float *x,
 		   int64_t n_tok, float *y, void *scratch);
+/* Several weights with the same input: y[i] = x w[i]^T, one conversion of x
+   and one pass over the pool for all of them (Q, K, V; gate, up). The
+   weights must share n_in and vec_dot_type; scratch as for the largest. Each
+   y[i] equals what kern_matmul gives for w[i] alone, bit for bit. */
+void kern_matmul_n(threadpool *tp, int n_w, const kern_weight *const *w, const float *x, int64_t n_tok,
+		   float *const *y, void *scratch);
+void kern_matmul_n_t(const kern_table *t, threadpool *tp, int n_w, const kern_weight *const *w,
+		     const float *x, int64_t n_tok, float *const *y, void *scratch);
 
 /* One row of a weight matrix as f32 (embedding lookup). */
 void kern_get_row(const kern_weight *w, int64_t row, float *out);

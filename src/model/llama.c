@@ -529,9 +529,9 @@ int llama_forward(llama_ctx *c, const llama_kv *kv, const llama_batch *b, float 
 		const layer_w *L = &m->layers[il];
 		for (int t = 0; t < T; t++)
 			kern.rmsnorm(c->h + (size_t)t * E, c->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
-		kern_matmul(tp, &L->wq, c->h, T, c->q, c->mm_scratch);
-		kern_matmul(tp, &L->wk, c->h, T, c->k, c->mm_scratch);
-		kern_matmul(tp, &L->wv, c->h, T, c->v, c->mm_scratch);
+		const kern_weight *qkv[3] = { &L->wq, &L->wk, &L->wv };
+		float *qkv_out[3] = { c->q, c->k, c->v };
+		kern_matmul_n(tp, 3, qkv, c->h, T, qkv_out, c->mm_scratch);
 		add_bias(c->q, L->bq, T, qd);
 		add_bias(c->k, L->bk, T, kvd);
 		add_bias(c->v, L->bv, T, kvd);
@@ -560,8 +560,9 @@ int llama_forward(llama_ctx *c, const llama_kv *kv, const llama_batch *b, float 
 
 		for (int t = 0; t < T; t++)
 			kern.rmsnorm(c->h + (size_t)t * E, c->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
-		kern_matmul(tp, &L->gate, c->h, T, c->ff_gate, c->mm_scratch);
-		kern_matmul(tp, &L->up, c->h, T, c->ff_up, c->mm_scratch);
+		const kern_weight *gu[2] = { &L->gate, &L->up };
+		float *gu_out[2] = { c->ff_gate, c->ff_up };
+		kern_matmul_n(tp, 2, gu, c->h, T, gu_out, c->mm_scratch);
 		kern.swiglu(c->ff_up, c->ff_gate, (int64_t)T * hp->n_ff);
 		kern_matmul(tp, &L->down, c->ff_up, T, c->h, c->mm_scratch);
 		for (size_t i = 0; i < (size_t)T * E; i++)

@@ -19,7 +19,7 @@
  *    equal to a naive vec_dot loop, odd shapes, unaligned pointers.
  *  - Every implementation the CPU supports (ref, avx2, avx512) against ref
  *    (the "impl" suites): activation quantization and f16/bf16 conversion
- *    bit for bit; quantized matmul bit for bit in both shapes (GEMV for 1-3
+ *    bit for bit; quantized matmul bit for bit in both shapes (GEMV for 1-7
  *    tokens, GEMM for more) on edge shapes (n_in = one block, n_in not a
  *    multiple of the panel chunk, 1 and odd row counts, partial token groups,
  *    unaligned weights and activations, several thread counts); float
@@ -1346,9 +1346,10 @@ static void own_matmul(const kern_table *kt, const kern_weight *w, const float *
 Test(impl, matmul_vs_ref_edge_shapes, .timeout = 120)
 {
 	/* n_in: one block, a few blocks, not a multiple of the 1024-element
-	   panel chunk; n_tok: GEMV sizes 1-3, GEMM from 4, partial groups of 16;
+	   panel chunk; n_tok: GEMV sizes 1-7 (passes of 4), GEMM from 8, partial
+	   groups of 16;
 	   n_out: 1, odd, more than one 8-row tile. */
-	static const int64_t n_toks[] = { 1, 2, 3, 4, 5, 16, 17, 35 };
+	static const int64_t n_toks[] = { 1, 2, 3, 4, 5, 7, 8, 16, 17, 35 };
 	static const int64_t n_outs[] = { 1, 7, 37 };
 	char err[ERR_LEN];
 	threadpool *pools[4] = { NULL };
@@ -1424,6 +1425,59 @@ Test(impl, matmul_vs_ref_edge_shapes, .timeout = 120)
 	for (int p = 2; p <= 3; p++)
 		threadpool_destroy(pools[p]);
 	(void)impl_tol_for("matmul_quant");
+}
+
+/* Several weights in one call (Q, K, V) give what each gives alone. */
+Test(impl, matmul_n_equals_single)
+{
+	char err[ERR_LEN];
+	threadpool *tp = threadpool_create(2, err);
+	cr_assert_not_null(tp, "%s", err);
+	rng_seed(26);
+	static const int64_t n_outs[3] = { 40, 13, 8 };
+	static const int64_t n_toks[] = { 1, 5, 20 };
+	for (int ii = 0; impls_to_test(ii); ii++) {
+		const kern_table *kt = impls_to_test(ii);
+		for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+			int type = weight_types[ti];
+			int64_t n_in = qtype_get(type)->blck == QK_K ? 512 : 96;
+			kern_weight w[3];
+			const kern_weight *wp[3];
+			uint8_t *wb[3];
+			for (int i = 0; i < 3; i++) {
+				size_t rs = qtype_row_size(type, n_in);
+				wb[i] = malloc(rs * (size_t)n_outs[i]);
+				for (int64_t o = 0; o < n_outs[i]; o++)
+					make_row(type, n_in, wb[i] + o * rs, 0);
+				w[i] = (kern_weight){ type, n_in, n_outs[i], wb[i] };
+				wp[i] = &w[i];
+			}
+			for (size_t k = 0; k < sizeof(n_toks) / sizeof(n_toks[0]); k++) {
+				int64_t nt = n_toks[k];
+				float *x = malloc(sizeof(float) * (size_t)(nt * n_in));
+				fill_normal(x, nt * n_in, 1.0f);
+				float *one[3], *many[3];
+				void *scratch = aligned_scratch(kern_matmul_scratch_t(kt, &w[0], nt));
+				for (int i = 0; i < 3; i++) {
+					one[i] = malloc(sizeof(float) * (size_t)(nt * n_outs[i]));
+					many[i] = malloc(sizeof(float) * (size_t)(nt * n_outs[i]));
+					kern_matmul_t(kt, tp, &w[i], x, nt, one[i], scratch);
+				}
+				kern_matmul_n_t(kt, tp, 3, wp, x, nt, many, scratch);
+				for (int i = 0; i < 3; i++) {
+					cr_assert_eq(memcmp(one[i], many[i], sizeof(float) * (size_t)(nt * n_outs[i])), 0,
+						     "%s %s n_tok=%ld weight %d", kt->name, qtype_name(type), (long)nt, i);
+					free(one[i]);
+					free(many[i]);
+				}
+				alloc_free(scratch);
+				free(x);
+			}
+			for (int i = 0; i < 3; i++)
+				free(wb[i]);
+		}
+	}
+	threadpool_destroy(tp);
 }
 
 /* Many token groups (more than one pass of 32 groups of 16) and a long row. */

@@ -55,6 +55,10 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
+#ifndef PF_DIST
+#define PF_DIST 512 /* bytes ahead of each weight row stream the GEMV prefetches */
+#endif
+
 /* ---- small helpers ------------------------------------------------------- */
 
 static inline size_t round64(size_t n)
@@ -286,7 +290,8 @@ static void to_float_bf16(const void *src, float *dst, int64_t n)
 
 /* ---- quantized matmul: activation layouts ---------------------------------- */
 
-#define GEMM_MIN_TOK 4 /* n_tok from which the GEMM shape is used */
+#define GEMM_MIN_TOK 8 /* n_tok from which the GEMM shape is used */
+#define GEMV_TOK 4     /* tokens per GEMV pass over a tile (more: another pass, weights from L1/L2) */
 #define GR 8           /* weight rows per tile */
 #define KC 1024        /* panel chunk (elements), a multiple of 256 */
 #define GB 32          /* token groups (of 16) per panel pass */
@@ -299,18 +304,20 @@ static int use_gemm(int64_t n_tok)
 }
 
 /* GEMV layout: one record per token, stride bytes apart:
-     codes int8[n_in] | d f32[nb] | s f32[nb] (Q8_1) | sum int32[n_in/32] |
+     codes int8[n_in] | k4 int8[n_in] (Q8_K: the codes in Q4_K nibble order:
+     per 128 elements 0-31, 64-95, 32-63, 96-127) | d f32[nb] | s f32[nb] (Q8_1) | sum int32[n_in/32] |
      ssum int16[n_in/32] (Q8_K: sums of 32 codes) | bsums int16[n_in/16] (Q8_K)
    nb = blocks of the type (32 or 256 elements). */
 typedef struct {
-	size_t d, s, sum, ssum, bsums, stride;
+	size_t k4, d, s, sum, ssum, bsums, stride;
 } rowlay;
 
 static rowlay row_layout(int vt, int64_t n_in)
 {
 	rowlay L;
 	size_t nb = (size_t)(vt == QTYPE_Q8_K ? n_in / QK_K : n_in / 32), n32 = (size_t)n_in / 32;
-	L.d = round64((size_t)n_in);
+	L.k4 = round64((size_t)n_in);
+	L.d = vt == QTYPE_Q8_K ? 2 * L.k4 : L.k4;
 	L.s = L.d + round64(4 * nb);
 	L.sum = L.s + round64(4 * nb);
 	L.ssum = L.sum + round64(4 * n32);
@@ -354,6 +361,7 @@ static void convert_q8(int vt, const float *x, int64_t n_in, int64_t n_tok, uint
 			uint8_t *r = act + (size_t)t * L.stride;
 			float *d = (float *)(r + L.d), *s = (float *)(r + L.s);
 			int32_t *sum = (int32_t *)(r + L.sum);
+			memset(r + n_in, 0, L.d - (size_t)n_in);
 			for (int64_t b = 0; b < nb; b++) {
 				float db;
 				__m512i i0, i1;
@@ -415,7 +423,14 @@ static void convert_q8_k(const float *x, int64_t n_in, int64_t n_tok, void *vact
 			float *d = (float *)(r + L.d);
 			int16_t *ssum = (int16_t *)(r + L.ssum), *bs = (int16_t *)(r + L.bsums);
 			for (int64_t b = 0; b < nsb; b++) {
-				q8k_block(x + t * n_in + b * QK_K, (int8_t *)r + b * QK_K, &d[b], bs + 16 * b);
+				int8_t *qc = (int8_t *)r + b * QK_K, *k4 = (int8_t *)r + L.k4 + b * QK_K;
+				q8k_block(x + t * n_in + b * QK_K, qc, &d[b], bs + 16 * b);
+				for (int h = 0; h < 2; h++) {
+					memcpy(k4 + 128 * h, qc + 128 * h, 32);
+					memcpy(k4 + 128 * h + 32, qc + 128 * h + 64, 32);
+					memcpy(k4 + 128 * h + 64, qc + 128 * h + 32, 32);
+					memcpy(k4 + 128 * h + 96, qc + 128 * h + 96, 32);
+				}
 				for (int j = 0; j < 8; j++)
 					ssum[8 * b + j] = (int16_t)(bs[16 * b + 2 * j] + bs[16 * b + 2 * j + 1]);
 			}
@@ -487,48 +502,141 @@ INLINE __m256 h_hi(__m256i g) { return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm
 /* ---- GEMV, 32-element blocks ----------------------------------------------- */
 
 typedef __m256i (*ufn)(const uint8_t *);
+/* Unsigned codes of blocks b and b+1 of a row as [b | b+1] (act order); with
+   `one` only block b (the upper half is zero and nothing past block b is read). */
+typedef __m512i (*u2fn)(const uint8_t *row, int64_t b, int one);
 
-INLINE void gemv32_tile(const uint8_t *w0, size_t rs, int nv, int64_t nb, int bs, ufn U, int off, int has_m,
+INLINE __m512i u2_q8_0(const uint8_t *row, int64_t b, int one)
+{
+	const uint8_t *p = row + b * 34;
+	__m256i lo = _mm256_loadu_si256((const __m256i *)(p + 2));
+	__m256i hi = one ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)(p + 36));
+	return _mm512_maskz_xor_epi64(one ? 0x0f : 0xff, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+				      _mm512_set1_epi8((char)0x80));
+}
+
+/* Nibble pairs: the 16 qs bytes at p + qoff (block b) and p + bs + qoff
+   (block b+1) become the codes [lo b | hi b | lo b+1 | hi b+1]. */
+INLINE __m512i nib2(const uint8_t *p, int bs, int qoff, int one)
+{
+	__m256i lo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + qoff)));
+	__m256i hi = one ? _mm256_setzero_si256()
+			 : _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + bs + qoff)));
+	__m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+	const __m512i cnt = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0, 0, 0x0004000400040004,
+					     0x0004000400040004, 0, 0);
+	return _mm512_and_si512(_mm512_srlv_epi16(v, cnt), _mm512_set1_epi8(15));
+}
+
+/* bit i of qh_b -> 0x10 in byte i, bit i of qh_b1 -> byte 32 + i */
+INLINE __m512i hbit2(const uint8_t *p, int bs, int qhoff, int one)
+{
+	uint64_t m = (uint32_t)ld32(p + qhoff);
+	if (!one)
+		m |= (uint64_t)(uint32_t)ld32(p + bs + qhoff) << 32;
+	return _mm512_maskz_mov_epi8((__mmask64)m, _mm512_set1_epi8(16));
+}
+
+INLINE __m512i u2_q4_0(const uint8_t *row, int64_t b, int one) { return nib2(row + b * 18, 18, 2, one); }
+INLINE __m512i u2_q4_1(const uint8_t *row, int64_t b, int one) { return nib2(row + b * 20, 20, 4, one); }
+INLINE __m512i u2_q5_0(const uint8_t *row, int64_t b, int one)
+{
+	return _mm512_or_si512(nib2(row + b * 22, 22, 6, one), hbit2(row + b * 22, 22, 2, one));
+}
+INLINE __m512i u2_q5_1(const uint8_t *row, int64_t b, int one)
+{
+	return _mm512_or_si512(nib2(row + b * 24, 24, 8, one), hbit2(row + b * 24, 24, 4, one));
+}
+
+/* 8 vectors z[r] = [row r block b (8 lanes) | row r block b+1 (8 lanes)] ->
+   one vector of (row, block) sums in "pair order": 128-bit lane 0 = rows 0-3
+   of block b, lane 1 = rows 0-3 of b+1, lane 2 = rows 4-7 of b, lane 3 =
+   rows 4-7 of b+1. */
+INLINE __m512i tree16(const __m512i z[8])
+{
+	__m512i a01 = _mm512_add_epi32(_mm512_unpacklo_epi32(z[0], z[1]), _mm512_unpackhi_epi32(z[0], z[1]));
+	__m512i a23 = _mm512_add_epi32(_mm512_unpacklo_epi32(z[2], z[3]), _mm512_unpackhi_epi32(z[2], z[3]));
+	__m512i a45 = _mm512_add_epi32(_mm512_unpacklo_epi32(z[4], z[5]), _mm512_unpackhi_epi32(z[4], z[5]));
+	__m512i a67 = _mm512_add_epi32(_mm512_unpacklo_epi32(z[6], z[7]), _mm512_unpackhi_epi32(z[6], z[7]));
+	__m512i b03 = _mm512_add_epi32(_mm512_unpacklo_epi64(a01, a23), _mm512_unpackhi_epi64(a01, a23));
+	__m512i b47 = _mm512_add_epi32(_mm512_unpacklo_epi64(a45, a67), _mm512_unpackhi_epi64(a45, a67));
+	return _mm512_add_epi32(_mm512_shuffle_i32x4(b03, b47, _MM_SHUFFLE(2, 0, 2, 0)),
+				_mm512_shuffle_i32x4(b03, b47, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* Two values per token block pair in pair order: [v[b] x4, v[b+1] x4, v[b] x4, v[b+1] x4]. */
+INLINE __m512i pair_order_epi32(const void *two)
+{
+	const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+	return _mm512_permutexvar_epi32(idx, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)two)));
+}
+
+/* acc (pair order, lanes of block b meaningful) += p's block b, then += p's block b+1. */
+INLINE __m512 add_pair(__m512 acc, __m512 p, int one)
+{
+	acc = _mm512_add_ps(acc, p);
+	if (!one)
+		acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(p, p, _MM_SHUFFLE(3, 3, 1, 1)));
+	return acc;
+}
+
+INLINE void gemv32_tile(const uint8_t *w0, size_t rs, int nv, int64_t nb, int bs, u2fn U2, int off, int has_m,
 			const uint8_t *act, const rowlay *L, int nt, float *y, int64_t ldy)
 {
 	const uint8_t *row[GR];
-	int32_t ri[GR];
-	for (int r = 0; r < GR; r++) {
-		int rr = r < nv ? r : nv - 1;
-		row[r] = w0 + (size_t)rr * rs;
-		ri[r] = (int32_t)((size_t)rr * rs);
+	for (int r = 0; r < GR; r++)
+		row[r] = w0 + (size_t)(r < nv ? r : nv - 1) * rs;
+	int32_t gi[16];
+	for (int i = 0; i < 16; i++) {
+		int r = (i >> 3) * 4 + (i & 3);
+		gi[i] = (int32_t)((size_t)(r < nv ? r : nv - 1) * rs + (size_t)(((i >> 2) & 1) * bs));
 	}
-	const __m256i ridx = _mm256_loadu_si256((const __m256i *)ri);
-	__m256 acc[GEMM_MIN_TOK - 1], accm[GEMM_MIN_TOK - 1];
+	const __m512i gidx = _mm512_loadu_si512((const void *)gi);
+	const int sh = off == 128 ? 7 : off == 16 ? 4 : 3;
+	__m512 acc[GEMV_TOK], accm[GEMV_TOK];
 	for (int t = 0; t < nt; t++)
-		acc[t] = accm[t] = _mm256_setzero_ps();
-	for (int64_t b = 0; b < nb; b++) {
-		__m256i u[GR];
+		acc[t] = accm[t] = _mm512_setzero_ps();
+	for (int64_t b = 0; b < nb; b += 2) {
+		const int one = b + 1 == nb;
+		__m512i u[GR];
+		/* the rows of a tile are 8 short streams: fetch the next tile's
+		   blocks at the same offsets into L2, one tile ahead */
+#pragma GCC unroll 8
+		for (int r = 0; r < GR; r++) {
+			_mm_prefetch((const char *)row[r] + GR * rs + b * bs, _MM_HINT_T1);
+			if (2 * bs > 64)
+				_mm_prefetch((const char *)row[r] + GR * rs + b * bs + 64, _MM_HINT_T1);
+		}
 #pragma GCC unroll 8
 		for (int r = 0; r < GR; r++)
-			u[r] = U(row[r] + b * bs);
-		__m256i dm = gather_dm(w0, ridx, (size_t)b * bs);
-		__m256 dw = h_lo(dm);
+			u[r] = U2(row[r], b, one);
+		__m512i dm = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), one ? 0x0f0f : 0xffff, gidx,
+							 (const int *)(w0 + b * bs), 1);
+		__m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
 		for (int t = 0; t < nt; t++) {
 			const uint8_t *a = act + (size_t)t * L->stride;
-			__m256i av = _mm256_load_si256((const __m256i *)(a + b * 32));
-			__m256i D[GR];
+			__m512i av = _mm512_load_si512((const void *)(a + b * 32));
+			__m512i D[GR];
 #pragma GCC unroll 8
 			for (int r = 0; r < GR; r++)
-				D[r] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u[r], av);
-			__m256i is = tree8(D);
+				D[r] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[r], av);
+			__m512i is = tree16(D);
 			if (off)
-				is = _mm256_sub_epi32(is, _mm256_set1_epi32(off * ((const int32_t *)(a + L->sum))[b]));
-			__m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(((const float *)(a + L->d))[b]));
-			acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(sc, _mm256_cvtepi32_ps(is)));
-			if (has_m)
-				accm[t] = _mm256_add_ps(accm[t],
-							_mm256_mul_ps(h_hi(dm), _mm256_set1_ps(((const float *)(a + L->s))[b])));
+				is = _mm512_sub_epi32(is, _mm512_slli_epi32(pair_order_epi32((const int32_t *)(a + L->sum) + b), sh));
+			__m512 da = _mm512_castsi512_ps(pair_order_epi32((const float *)(a + L->d) + b));
+			acc[t] = add_pair(acc[t], _mm512_mul_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(is)), one);
+			if (has_m) {
+				__m512 m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
+				__m512 sv = _mm512_castsi512_ps(pair_order_epi32((const float *)(a + L->s) + b));
+				accm[t] = add_pair(accm[t], _mm512_mul_ps(m, sv), one);
+			}
 		}
 	}
 	__mmask8 m = (__mmask8)((1u << nv) - 1);
-	for (int t = 0; t < nt; t++)
-		_mm256_mask_storeu_ps(y + t * ldy, m, has_m ? _mm256_add_ps(acc[t], accm[t]) : acc[t]);
+	for (int t = 0; t < nt; t++) {
+		__m512 v = has_m ? _mm512_add_ps(acc[t], accm[t]) : acc[t];
+		_mm256_mask_storeu_ps(y + t * ldy, m, _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(0, 0, 2, 0))));
+	}
 }
 
 /* ---- GEMV, K-quants ---------------------------------------------------------- */
@@ -616,6 +724,26 @@ INLINE int k_bs(int kt)
 	return kt == KT_Q4 ? 144 : kt == KT_Q5 ? 176 : 210;
 }
 
+/* Int32 lanes (scale in the low 16 bits, 0 above) picked from 16-bit values
+   v: lane i gets v[idx_i]. For vpdpwssd, which then multiplies a lane's low
+   16 bits (the block sum, |sum| < 2^15) by the scale: no vpmulld needed. */
+INLINE __m512i scale_lanes(__m256i v16, __m512i idx)
+{
+	return _mm512_maskz_permutexvar_epi16(0x55555555, idx, _mm512_castsi256_si512(v16));
+}
+
+/* word 2i of lane i = a (i < 8) or b (i >= 8) */
+#define IDX2(a, b) _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a)
+/* word 2i of lane i = base + i / 4 */
+#define IDX4(base) _mm512_set_epi32((base) + 3, (base) + 3, (base) + 3, (base) + 3, (base) + 2, (base) + 2, (base) + 2, \
+				    (base) + 2, (base) + 1, (base) + 1, (base) + 1, (base) + 1, base, base, base, base)
+
+/* GEMV over K-quant rows. Q4_K/Q5_K codes come as 64-byte vectors of two
+   32-element sub-blocks in the order the nibbles are stored (see u_k4), so
+   the activations are read in the matching "k4" order (rowlay.k4); Q6_K
+   uses the natural order. The per-sub-block scale is applied with vpdpwssd
+   on the 8-lane sums, the integer sum of a row is then exact: the same
+   isum the reference forms. */
 INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt, const uint8_t *act,
 		       const rowlay *L, int nt, float *y, int64_t ldy)
 {
@@ -628,53 +756,65 @@ INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt
 		ri[r] = (int32_t)((size_t)rr * rs);
 	}
 	const __m256i ridx = _mm256_loadu_si256((const __m256i *)ri);
-	__m256 acc[GEMM_MIN_TOK - 1], accm[GEMM_MIN_TOK - 1];
+	const __m512i m15 = _mm512_set1_epi8(15);
+	__m256 acc[GEMV_TOK], accm[GEMV_TOK];
 	for (int t = 0; t < nt; t++)
 		acc[t] = accm[t] = _mm256_setzero_ps();
 	for (int64_t sb = 0; sb < nsb; sb++) {
-		__m256i isr[GEMM_MIN_TOK - 1][GR], imr[GEMM_MIN_TOK - 1][GR];
+		__m256i isr[GEMV_TOK][GR], imr[GEMV_TOK][GR];
 		for (int r = 0; r < GR; r++) {
 			const uint8_t *blk = row[r] + sb * bs;
-			__m512i is[GEMM_MIN_TOK - 1];
-			for (int t = 0; t < nt; t++)
-				is[t] = _mm512_setzero_si512();
+			for (int k = 0; k < bs; k += 64)
+				_mm_prefetch((const char *)blk + GR * rs + k, _MM_HINT_T1);
+			__m512i c[4], scv[4];
+			__m256i s16;
 			if (kt != KT_Q6) {
-				__m128i sm = k_scales(blk + 4);
-				__m512i s32 = _mm512_cvtepu8_epi32(sm);
-				for (int c = 0; c < 4; c++) {
-					__m512i u = k_codes(blk, kt, c), scv = pair_bcast(s32, c);
-					for (int t = 0; t < nt; t++) {
-						const int8_t *a = (const int8_t *)act + (size_t)t * L->stride + sb * QK_K + 64 * c;
-						__m512i D = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u,
-										_mm512_load_si512((const void *)a));
-						is[t] = _mm512_add_epi32(is[t], _mm512_mullo_epi32(D, scv));
-					}
+				s16 = _mm256_cvtepu8_epi16(k_scales(blk + 4));
+				const uint8_t *qs = blk + (kt == KT_Q4 ? 16 : 48);
+				__m512i q0 = _mm512_loadu_si512((const void *)qs), q1 = _mm512_loadu_si512((const void *)(qs + 64));
+				c[0] = _mm512_and_si512(q0, m15);
+				c[1] = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m15);
+				c[2] = _mm512_and_si512(q1, m15);
+				c[3] = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m15);
+				if (kt == KT_Q5) {
+					__m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
+					const __m512i one = _mm512_set1_epi8(1);
+					c[0] = _mm512_or_si512(c[0], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, cnt2(0, 2)), one), 4));
+					c[1] = _mm512_or_si512(c[1], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, cnt2(1, 3)), one), 4));
+					c[2] = _mm512_or_si512(c[2], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, cnt2(4, 6)), one), 4));
+					c[3] = _mm512_or_si512(c[3], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, cnt2(5, 7)), one), 4));
 				}
-				__m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-				for (int t = 0; t < nt; t++) {
-					const uint8_t *a = act + (size_t)t * L->stride + L->ssum;
-					isr[t][r] = fold512(is[t]);
-					imr[t][r] = _mm256_zextsi128_si256(_mm_madd_epi16(
-						mins, _mm_loadu_si128((const __m128i *)(a + 16 * sb))));
-				}
+				scv[0] = scale_lanes(s16, IDX2(0, 2));
+				scv[1] = scale_lanes(s16, IDX2(1, 3));
+				scv[2] = scale_lanes(s16, IDX2(4, 6));
+				scv[3] = scale_lanes(s16, IDX2(5, 7));
 			} else {
-				__m128i s8 = _mm_loadu_si128((const __m128i *)(blk + 192));
-				__m512i s32 = _mm512_cvtepi8_epi32(s8);
-				for (int p = 0; p < 4; p++) {
-					__m512i u = k_codes(blk, kt, p), scv = quad_bcast(s32, p);
-					for (int t = 0; t < nt; t++) {
-						const int8_t *a = (const int8_t *)act + (size_t)t * L->stride + sb * QK_K + 64 * p;
-						__m512i D = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u,
-										_mm512_load_si512((const void *)a));
-						is[t] = _mm512_add_epi32(is[t], _mm512_mullo_epi32(D, scv));
-					}
+				s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+				for (int p = 0; p < 4; p++)
+					c[p] = u_q6_k(blk, p);
+				scv[0] = scale_lanes(s16, IDX4(0));
+				scv[1] = scale_lanes(s16, IDX4(4));
+				scv[2] = scale_lanes(s16, IDX4(8));
+				scv[3] = scale_lanes(s16, IDX4(12));
+			}
+			for (int t = 0; t < nt; t++) {
+				const uint8_t *a = act + (size_t)t * L->stride;
+				const int8_t *ac = (const int8_t *)a + (kt == KT_Q6 ? 0 : L->k4) + sb * QK_K;
+				__m512i is = _mm512_setzero_si512();
+#pragma GCC unroll 4
+				for (int k = 0; k < 4; k++) {
+					__m512i D = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[k],
+									_mm512_load_si512((const void *)(ac + 64 * k)));
+					is = _mm512_dpwssd_epi32(is, D, scv[k]);
 				}
-				/* codes were stored + 32: take back 32 * sum_k scale_k * bsums_k */
-				__m256i s16 = _mm256_cvtepi8_epi16(s8);
-				for (int t = 0; t < nt; t++) {
-					const uint8_t *a = act + (size_t)t * L->stride + L->bsums;
-					__m256i corr = _mm256_madd_epi16(s16, _mm256_loadu_si256((const __m256i *)(a + 32 * sb)));
-					isr[t][r] = _mm256_sub_epi32(fold512(is[t]), _mm256_slli_epi32(corr, 5));
+				if (kt != KT_Q6) {
+					isr[t][r] = fold512(is);
+					imr[t][r] = _mm256_zextsi128_si256(_mm_madd_epi16(
+						_mm256_extracti128_si256(s16, 1), _mm_loadu_si128((const __m128i *)(a + L->ssum + 16 * sb))));
+				} else {
+					/* codes were stored + 32: take back 32 * sum_k scale_k * bsums_k */
+					__m256i corr = _mm256_madd_epi16(s16, _mm256_loadu_si256((const __m256i *)(a + L->bsums + 32 * sb)));
+					isr[t][r] = _mm256_sub_epi32(fold512(is), _mm256_slli_epi32(corr, 5));
 				}
 			}
 		}
@@ -916,13 +1056,13 @@ INLINE void gemm_tiles(const kern_weight *w, const uint8_t *act, int64_t n_tok, 
 	}
 }
 
-INLINE void rows_quant(const kern_weight *w, const void *vact, int64_t n_tok, float *y, int ith, int nth, int vt,
-		       int kind, int bs, ufn U, int off, int has_m)
+_Static_assert(GR == KERN_MM_TILE, "row tiles are the table's tiles");
+
+INLINE void rows_quant(const kern_weight *w, const void *vact, int64_t n_tok, float *y, int64_t tile0, int64_t tile1,
+		       int vt, int kind, int bs, ufn U, u2fn U2, int off, int has_m)
 {
 	const uint8_t *act = vact;
 	const int64_t n_out = w->n_out;
-	int64_t tile0, tile1;
-	kern_split((n_out + GR - 1) / GR, ith, nth, &tile0, &tile1);
 	if (use_gemm(n_tok)) {
 		gemm_tiles(w, act, n_tok, y, tile0, tile1, kind, bs, U, off, has_m);
 		return;
@@ -935,40 +1075,45 @@ INLINE void rows_quant(const kern_weight *w, const void *vact, int64_t n_tok, fl
 		const int64_t o0 = tile * GR;
 		const int nv = n_out - o0 < GR ? (int)(n_out - o0) : GR;
 		const uint8_t *w0 = (const uint8_t *)w->data + (size_t)o0 * rs;
-		switch (n_tok) {
-#define GEMV_CASE(NT)                                                                                  \
-	case NT:                                                                                       \
-		if (kind)                                                                              \
-			gemvk_tile(w0, rs, nv, nb, kt, act, &L, NT, y + o0, n_out);                    \
-		else                                                                                   \
-			gemv32_tile(w0, rs, nv, nb, bs, U, off, has_m, act, &L, NT, y + o0, n_out);    \
+		for (int64_t t0 = 0; t0 < n_tok; t0 += GEMV_TOK) {
+			const uint8_t *a = act + (size_t)t0 * L.stride;
+			float *yt = y + t0 * n_out + o0;
+			switch (n_tok - t0 < GEMV_TOK ? n_tok - t0 : GEMV_TOK) {
+#define GEMV_CASE(NT)                                                                          \
+	case NT:                                                                               \
+		if (kind)                                                                      \
+			gemvk_tile(w0, rs, nv, nb, kt, a, &L, NT, yt, n_out);                  \
+		else                                                                           \
+			gemv32_tile(w0, rs, nv, nb, bs, U2, off, has_m, a, &L, NT, yt, n_out); \
 		break;
-			GEMV_CASE(1)
-			GEMV_CASE(2)
-			GEMV_CASE(3)
+				GEMV_CASE(1)
+				GEMV_CASE(2)
+				GEMV_CASE(3)
+				GEMV_CASE(4)
 #undef GEMV_CASE
+			}
 		}
 	}
 }
 
-_Static_assert(GEMM_MIN_TOK == 4, "rows_quant handles 1..3 tokens in GEMV shape");
+_Static_assert(GEMV_TOK == 4, "rows_quant instantiates the GEMV for 1..4 tokens");
 
 #define ROWS32(NAME, VT, BS, U, OFF, HASM)                                                                         \
-	static void NAME(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith, int nth)        \
+	static void NAME(const kern_weight *w, const void *act, int64_t n_tok, float *y, int64_t t0, int64_t t1)  \
 	{                                                                                                          \
-		rows_quant(w, act, n_tok, y, ith, nth, VT, 0, BS, U, OFF, HASM);                                   \
+		rows_quant(w, act, n_tok, y, t0, t1, VT, 0, BS, u_##U, u2_##U, OFF, HASM);                         \
 	}
-ROWS32(rows_q8_0, QTYPE_Q8_0, 34, u_q8_0, 128, 0)
-ROWS32(rows_q4_0, QTYPE_Q8_0, 18, u_q4_0, 8, 0)
-ROWS32(rows_q5_0, QTYPE_Q8_0, 22, u_q5_0, 16, 0)
-ROWS32(rows_q4_1, QTYPE_Q8_1, 20, u_q4_1, 0, 1)
-ROWS32(rows_q5_1, QTYPE_Q8_1, 24, u_q5_1, 0, 1)
+ROWS32(rows_q8_0, QTYPE_Q8_0, 34, q8_0, 128, 0)
+ROWS32(rows_q4_0, QTYPE_Q8_0, 18, q4_0, 8, 0)
+ROWS32(rows_q5_0, QTYPE_Q8_0, 22, q5_0, 16, 0)
+ROWS32(rows_q4_1, QTYPE_Q8_1, 20, q4_1, 0, 1)
+ROWS32(rows_q5_1, QTYPE_Q8_1, 24, q5_1, 0, 1)
 #undef ROWS32
 
 #define ROWSK(NAME, KT)                                                                                            \
-	static void NAME(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith, int nth)        \
+	static void NAME(const kern_weight *w, const void *act, int64_t n_tok, float *y, int64_t t0, int64_t t1)  \
 	{                                                                                                          \
-		rows_quant(w, act, n_tok, y, ith, nth, QTYPE_Q8_K, (KT) + 1, 0, u_q8_0, 0, 0);                     \
+		rows_quant(w, act, n_tok, y, t0, t1, QTYPE_Q8_K, (KT) + 1, 0, u_q8_0, u2_q8_0, 0, 0);              \
 	}
 ROWSK(rows_q4_k, KT_Q4)
 ROWSK(rows_q5_k, KT_Q5)
@@ -992,59 +1137,88 @@ INLINE __m512 fload(const uint8_t *p, int ft, int64_t i, __mmask16 m, int full)
    accumulate in index order (F32/F16: one FMA per 16 elements; BF16: one
    vdpbf16ps per 32), masked tail, then _mm512_reduce_add_ps. The same
    sequence for every (R, C), so tiles agree with vec_dot bit for bit. */
-INLINE void ftile(int ft, int R, int C, const uint8_t *const *w, const uint8_t *const *a, int64_t n, float *out)
+INLINE void ftile(int ft, int R, int C, const uint8_t *const *w, const uint8_t *const *a, int64_t n, float *out,
+		  size_t pf)
 {
 	__m512 acc[8][4];
+	#pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
+		#pragma GCC unroll 8
 		for (int c = 0; c < C; c++)
 			acc[r][c] = _mm512_setzero_ps();
 	int64_t i = 0;
 	if (ft == FT_BF16) {
 		for (; i + 32 <= n; i += 32) {
 			__m512i wv[8], av[4];
+#pragma GCC unroll 8
+			for (int r = 0; r < R; r++)
+				if (pf)
+					_mm_prefetch((const char *)w[r] + pf + 2 * i, _MM_HINT_T1);
+			#pragma GCC unroll 8
 			for (int r = 0; r < R; r++)
 				wv[r] = _mm512_loadu_si512((const void *)(w[r] + 2 * i));
+			#pragma GCC unroll 8
 			for (int c = 0; c < C; c++)
 				av[c] = _mm512_loadu_si512((const void *)(a[c] + 2 * i));
+			#pragma GCC unroll 8
 			for (int r = 0; r < R; r++)
+				#pragma GCC unroll 8
 				for (int c = 0; c < C; c++)
 					acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)wv[r], (__m512bh)av[c]);
 		}
 		if (i < n) {
 			__mmask32 m = (__mmask32)((1ull << (n - i)) - 1);
 			__m512i wv[8], av[4];
+			#pragma GCC unroll 8
 			for (int r = 0; r < R; r++)
 				wv[r] = _mm512_maskz_loadu_epi16(m, w[r] + 2 * i);
+			#pragma GCC unroll 8
 			for (int c = 0; c < C; c++)
 				av[c] = _mm512_maskz_loadu_epi16(m, a[c] + 2 * i);
+			#pragma GCC unroll 8
 			for (int r = 0; r < R; r++)
+				#pragma GCC unroll 8
 				for (int c = 0; c < C; c++)
 					acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)wv[r], (__m512bh)av[c]);
 		}
 	} else {
 		for (; i + 16 <= n; i += 16) {
 			__m512 wv[8], av[4];
+			#pragma GCC unroll 8
+			for (int r = 0; r < R; r++)
+				if (pf && (ft == FT_F32 || !(i & 31)))
+					_mm_prefetch((const char *)w[r] + pf + (ft == FT_F32 ? 4 : 2) * i, _MM_HINT_T1);
+			#pragma GCC unroll 8
 			for (int r = 0; r < R; r++)
 				wv[r] = fload(w[r], ft, i, 0xffff, 1);
+			#pragma GCC unroll 8
 			for (int c = 0; c < C; c++)
 				av[c] = fload(a[c], ft, i, 0xffff, 1);
+			#pragma GCC unroll 8
 			for (int r = 0; r < R; r++)
+				#pragma GCC unroll 8
 				for (int c = 0; c < C; c++)
 					acc[r][c] = _mm512_fmadd_ps(wv[r], av[c], acc[r][c]);
 		}
 		if (i < n) {
 			__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
 			__m512 wv[8], av[4];
+			#pragma GCC unroll 8
 			for (int r = 0; r < R; r++)
 				wv[r] = fload(w[r], ft, i, m, 0);
+			#pragma GCC unroll 8
 			for (int c = 0; c < C; c++)
 				av[c] = fload(a[c], ft, i, m, 0);
+			#pragma GCC unroll 8
 			for (int r = 0; r < R; r++)
+				#pragma GCC unroll 8
 				for (int c = 0; c < C; c++)
 					acc[r][c] = _mm512_fmadd_ps(wv[r], av[c], acc[r][c]);
 		}
 	}
+	#pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
+		#pragma GCC unroll 8
 		for (int c = 0; c < C; c++)
 			out[r * C + c] = _mm512_reduce_add_ps(acc[r][c]);
 }
@@ -1053,7 +1227,7 @@ static float vec_dot_f32(int64_t n, const void *x, const void *y)
 {
 	const uint8_t *w = x, *a = y;
 	float o;
-	ftile(FT_F32, 1, 1, &w, &a, n, &o);
+	ftile(FT_F32, 1, 1, &w, &a, n, &o, 0);
 	return o;
 }
 
@@ -1061,7 +1235,7 @@ static float vec_dot_f16(int64_t n, const void *x, const void *y)
 {
 	const uint8_t *w = x, *a = y;
 	float o;
-	ftile(FT_F16, 1, 1, &w, &a, n, &o);
+	ftile(FT_F16, 1, 1, &w, &a, n, &o, 0);
 	return o;
 }
 
@@ -1069,7 +1243,7 @@ static float vec_dot_bf16(int64_t n, const void *x, const void *y)
 {
 	const uint8_t *w = x, *a = y;
 	float o;
-	ftile(FT_BF16, 1, 1, &w, &a, n, &o);
+	ftile(FT_BF16, 1, 1, &w, &a, n, &o, 0);
 	return o;
 }
 
@@ -1101,14 +1275,13 @@ static void convert_bf16(const float *x, int64_t n_in, int64_t n_tok, void *act,
 	convert_half(x, n_in, n_tok, act, ith, nth, 1);
 }
 
-INLINE void rows_float(const kern_weight *w, const void *vact, int64_t n_tok, float *y, int ith, int nth, int ft)
+INLINE void rows_float(const kern_weight *w, const void *vact, int64_t n_tok, float *y, int64_t tile0, int64_t tile1,
+		       int ft)
 {
 	const uint8_t *act = vact;
 	const int64_t n = w->n_in, n_out = w->n_out;
 	const size_t es = ft == FT_F32 ? 4 : 2, rs = (size_t)n * es;
 	const size_t as = ft == FT_F32 ? (size_t)n * 4 : round64(2 * (size_t)n);
-	int64_t tile0, tile1;
-	kern_split((n_out + 7) / 8, ith, nth, &tile0, &tile1);
 	for (int64_t tile = tile0; tile < tile1; tile++) {
 		const int64_t o0 = tile * 8;
 		const int nv = n_out - o0 < 8 ? (int)(n_out - o0) : 8;
@@ -1119,7 +1292,7 @@ INLINE void rows_float(const kern_weight *w, const void *vact, int64_t n_tok, fl
 			for (int64_t t = 0; t < n_tok; t++) {
 				const uint8_t *ar = act + (size_t)t * as;
 				float out[8];
-				ftile(ft, 8, 1, wr, &ar, n, out);
+				ftile(ft, 8, 1, wr, &ar, n, out, t == 0 ? 8 * rs : 0);
 				for (int r = 0; r < nv; r++)
 					y[t * n_out + o0 + r] = out[r];
 			}
@@ -1131,7 +1304,7 @@ INLINE void rows_float(const kern_weight *w, const void *vact, int64_t n_tok, fl
 				for (int c = 0; c < 4; c++)
 					ar[c] = act + (size_t)(t0 + c < n_tok ? t0 + c : n_tok - 1) * as;
 				float out[16];
-				ftile(ft, 4, 4, wr + 4 * half, ar, n, out);
+				ftile(ft, 4, 4, wr + 4 * half, ar, n, out, 0);
 				for (int r = 0; r < 4 && 4 * half + r < nv; r++)
 					for (int c = 0; c < 4 && t0 + c < n_tok; c++)
 						y[(t0 + c) * n_out + o0 + 4 * half + r] = out[r * 4 + c];
@@ -1140,19 +1313,19 @@ INLINE void rows_float(const kern_weight *w, const void *vact, int64_t n_tok, fl
 	}
 }
 
-static void rows_f32(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith, int nth)
+static void rows_f32(const kern_weight *w, const void *act, int64_t n_tok, float *y, int64_t t0, int64_t t1)
 {
-	rows_float(w, act, n_tok, y, ith, nth, FT_F32);
+	rows_float(w, act, n_tok, y, t0, t1, FT_F32);
 }
 
-static void rows_f16(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith, int nth)
+static void rows_f16(const kern_weight *w, const void *act, int64_t n_tok, float *y, int64_t t0, int64_t t1)
 {
-	rows_float(w, act, n_tok, y, ith, nth, FT_F16);
+	rows_float(w, act, n_tok, y, t0, t1, FT_F16);
 }
 
-static void rows_bf16(const kern_weight *w, const void *act, int64_t n_tok, float *y, int ith, int nth)
+static void rows_bf16(const kern_weight *w, const void *act, int64_t n_tok, float *y, int64_t t0, int64_t t1)
 {
-	rows_float(w, act, n_tok, y, ith, nth, FT_BF16);
+	rows_float(w, act, n_tok, y, t0, t1, FT_BF16);
 }
 
 /* ---- element-wise ops ------------------------------------------------------------- */
