@@ -60,6 +60,7 @@
  * to a worker schedules a probe of it right away.
  *
  * Left out: TLS, the SGLang router's service discovery, DP-aware routing,
+ * more than 64 workers of one kind per pick (the rest are not considered),
  * merging of OpenAI-format prompt logprobs (only /generate's
  * meta_info.input_token_logprobs is merged), and write back-pressure towards
  * slow clients (libevent's output buffer grows; the decode is not paused).
@@ -1389,7 +1390,7 @@ static void leg_done(void *arg)
 	snprintf(msg, sizeof(msg), "answered HTTP %d", l->status);
 	worker_outcome(w, l->status < 500, l->status >= 500 ? msg : NULL);
 	if (l->prefill) {
-		if (!l->ok && q->req && !q->committed) {
+		if (!l->ok && q->req && !q->committed && !q->waiting_merge) {
 			/* the prefill failed before the decode answered: its error is the answer */
 			attempt_fail(q, l, l->status, msg, l->buf, l->status == 503 || l->status == 429, true);
 			return;
@@ -1445,7 +1446,7 @@ static void leg_error(void *arg, upstream_err kind, const char *message)
 		w->next_probe = clock_now_ns(); /* find out soon whether it is gone */
 	bool retryable = kind == UPSTREAM_ERR_CONNECT || kind == UPSTREAM_ERR_NO_RESPONSE;
 	const char *what = l->prefill ? "prefill" : r->cfg.pd ? "decode" : "worker";
-	if (l->prefill && (q->committed || !q->req)) {
+	if (l->prefill && (q->committed || !q->req || q->waiting_merge)) {
 		LOGW("router", "%s %s: prefill %s: %s (after the decode had answered)", ROUTE_NAMES[q->route], q->id,
 		     w->url.url, message);
 		leg_end(l);
