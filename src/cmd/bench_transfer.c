@@ -113,7 +113,8 @@ static void usage(FILE *f)
 		"  each transfer backend (forward pass skipped) and prints GB/s and latency\n"
 		"  next to memcpy and TCP loopback ceilings measured in the same run.\n"
 		"  --backends LIST          of tcp,shm,ucx-sm,ucx-tcp,ucx (default tcp,shm,ucx-sm,ucx-tcp;\n"
-		"                           ucx = UCX_TLS as in the environment)\n"
+		"                           ucx = UCX_TLS and UCX_* tuning from the environment, judged\n"
+		"                           like ucx-sm / ucx-tcp when UCX_TLS is sm / tcp)\n"
 		"  --tokens N               prompt tokens per request (default 2048)\n"
 		"  --requests N             measured requests per backend (default 10)\n"
 		"  --warmup N               requests before measuring (default 2)\n"
@@ -760,6 +761,22 @@ int cmd_bench_transfer(int argc, char **argv)
 	int pick[N_VARIANTS], n_pick;
 	if (pick_variants(o.backends, pick, &n_pick) < 0)
 		return 2;
+	variant chosen[N_VARIANTS];
+	for (int i = 0; i < n_pick; i++) {
+		chosen[i] = variants[pick[i]];
+		/* ucx with the environment's UCX_TLS: judged like the variant it matches */
+		const char *tls = getenv("UCX_TLS");
+		static char env_label[48];
+		if (chosen[i].backend == XFER_UCX && !chosen[i].ucx_tls && tls) {
+			snprintf(env_label, sizeof(env_label), "ucx $UCX_TLS=%.20s", tls);
+			chosen[i].label = env_label;
+			for (int k = 0; k < N_VARIANTS; k++)
+				if (variants[k].ucx_tls && !strcmp(tls, variants[k].ucx_tls)) {
+					chosen[i].ceiling = variants[k].ceiling;
+					chosen[i].target = variants[k].target;
+				}
+		}
+	}
 
 	char err[ERR_LEN], dir[] = "/tmp/pdserve-bench-XXXXXX", path[128] = "";
 	const char *model = o.model;
@@ -812,7 +829,7 @@ int cmd_bench_transfer(int argc, char **argv)
 		goto cleanup;
 	}
 	for (int i = 0; i < n_pick; i++) {
-		const variant *v = &variants[pick[i]];
+		const variant *v = &chosen[i];
 		fprintf(stderr, "bench transfer: %s ...\n", v->label);
 		if (v->backend == XFER_UCX) {
 			xfer_backend b;
@@ -833,7 +850,7 @@ int cmd_bench_transfer(int argc, char **argv)
 	       "", "", "");
 	int failed = 0;
 	for (int i = 0; i < n_pick; i++) {
-		const variant *v = &variants[pick[i]];
+		const variant *v = &chosen[i];
 		decode_report *r = &rep[i];
 		if (r->err[0] || r->n == 0) {
 			printf("%-18s   failed: %s\n", v->label, r->err[0] ? r->err : "no measurements");
@@ -865,8 +882,8 @@ int cmd_bench_transfer(int argc, char **argv)
 	       "lat = decode: request registered -> final event (one-token answer), median; ceilings median of %ld.\n",
 	       o.requests, o.reps);
 	for (int i = 0; i < n_pick; i++)
-		if (variants[pick[i]].backend == XFER_UCX && rep[i].desc[0])
-			printf("%s: %s\n", variants[pick[i]].label, rep[i].desc);
+		if (chosen[i].backend == XFER_UCX && rep[i].desc[0])
+			printf("%s: %s\n", chosen[i].label, rep[i].desc);
 	alloc_free(rep);
 	rc = failed ? 1 : 0;
 cleanup:
