@@ -498,6 +498,28 @@ JSON
 run() { PORTS=$(ports) LIB=$T/lib.py python3 "$T/$1" "${@:2}" || fail "$1 $*"; }
 
 run equal.py
+# The official OpenAI SDK (Node), when installed in $OPENAI_NODE_DIR
+# (default ~/.cache/pdserve/openai-node: `npm install --prefix DIR openai@4`),
+# parses the router's answers, streamed and not, to the same text.
+SDK=${OPENAI_NODE_DIR:-$HOME/.cache/pdserve/openai-node}
+if command -v node >/dev/null && [ -d "$SDK/node_modules/openai" ]; then
+	cat >"$SDK/router_check.mjs" <<EOF2
+import OpenAI from "openai";
+const c = new OpenAI({ baseURL: "http://127.0.0.1:$R1_PORT/v1", apiKey: "none" });
+const msgs = [{ role: "user", content: "Tell me a story." }];
+const r = await c.chat.completions.create({ model: "m", messages: msgs, max_tokens: 24, temperature: 0 });
+const s = await c.chat.completions.create({ model: "m", messages: msgs, max_tokens: 24, temperature: 0, stream: true,
+                                            stream_options: { include_usage: true } });
+let text = "", usage = null;
+for await (const ch of s) { for (const x of ch.choices) text += x.delta.content ?? ""; usage = ch.usage ?? usage; }
+if (text !== r.choices[0].message.content || !usage || usage.completion_tokens !== r.usage.completion_tokens)
+  { console.error("FAIL: SDK stream", JSON.stringify(text), "!= non-stream", JSON.stringify(r.choices[0].message.content)); process.exit(1); }
+console.log("ok: the official OpenAI SDK (Node) parses the router's chat answers, streamed and not");
+EOF2
+	(cd "$SDK" && node router_check.mjs) || fail "OpenAI SDK check"
+else
+	echo "skip: OpenAI Node SDK check (install it with: npm install --prefix $SDK openai@4)"
+fi
 run policies.py
 run admin.py
 run cancel.py
