@@ -41,11 +41,10 @@ fi
 T0=$(date +%s.%N)
 elapsed() { python3 -c "import sys; print('%.1f' % ($(date +%s.%N) - $T0))"; }
 
-# 1. build (dependencies first, when the toolchain or libraries are missing)
-if ! command -v cc >/dev/null || ! command -v pkg-config >/dev/null || ! command -v python3 >/dev/null ||
-	! pkg-config --exists libevent json-c 2>/dev/null; then
-	echo "demo: installing build dependencies"
-	scripts/install-deps.sh
+# 1. build (dependencies first: install-deps.sh installs only what is missing
+# and says so in one line when nothing is)
+if command -v dpkg-query >/dev/null; then
+	scripts/install-deps.sh | sed 's/^/demo: /'
 fi
 echo "demo: building $BIN"
 make --no-print-directory -s -j"$(nproc)" BUILD="$BUILD" "$BIN"
