@@ -55,7 +55,8 @@
  * discovery needs it).
  *
  * Health tick (every 100 ms): a probe per worker at most; PENDING workers
- * probed every 100 ms (they join fast), others every health interval; a
+ * probed after 100 ms, doubling per failure up to 3.2 s (they join fast,
+ * and a dead URL is not hammered), others every health interval; a
  * probe that passes health_timeout_s fails. A request that cannot connect
  * to a worker schedules a probe of it right away.
  *
@@ -702,7 +703,11 @@ static void probe_result(rworker *w, bool ok, const char *msg)
 		snprintf(w->last_error, sizeof(w->last_error), "health check: %s", msg);
 	worker_health before = w->st.health;
 	bool changed = worker_state_probe(&w->st, &r->cfg.wpolicy, ok);
-	double iv = w->st.health == WORKER_PENDING ? PENDING_PROBE_S : r->cfg.health_interval_s;
+	/* a worker never seen alive: 0.1 s, doubling per failure up to 3.2 s */
+	int shift = w->st.fail_streak < 5 ? w->st.fail_streak : 5;
+	double iv = r->cfg.health_interval_s;
+	if (w->st.health == WORKER_PENDING && PENDING_PROBE_S * (1 << shift) < iv)
+		iv = PENDING_PROBE_S * (1 << shift);
 	w->next_probe = now + (int64_t)(iv * 1e9);
 	if (changed) {
 		if (w->st.health == WORKER_HEALTHY)
