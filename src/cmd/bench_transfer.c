@@ -21,7 +21,7 @@
  *   latency:  xfer_decode_add -> the request's final event (what a client
  *             of the decode would see for a one-token answer), and
  *   transfer: ROOM_DEST sent -> AUX in, the transfer layer's own time
- *             (xfer_take_timing; the number /metrics reports).
+ *             (xfer_take_timing; what a response's meta_info.pd reports).
  * GB/s = payload bytes / transfer time (GB = 1e9 bytes). Every number is a
  * median over the measured requests; warm-up requests first pay for
  * connecting, the UCX endpoint and first-touch page faults of both pools.
@@ -41,9 +41,10 @@
  * TCP stream. A missed target is printed as such; it does not change the
  * exit status (0 when every backend ran, 1 when one failed, 2 usage).
  *
- * Processes: the parent never starts a thread and never loads UCX, so every
- * child is forked from a clean process; UCX_TLS is set in the parent just
- * around the forks of a ucx variant. Children die with the parent
+ * Processes: the parent never starts a thread and never creates a UCX
+ * context, so every child is forked from a clean process; UCX_TLS is set
+ * in the parent just around the forks of a ucx variant (UCX reads it when
+ * a child creates its context). Children die with the parent
  * (PR_SET_PDEATHSIG) and the parent kills them after --timeout.
  *
  * Left out: several requests in flight at once, overlap with compute
