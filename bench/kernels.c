@@ -1,7 +1,7 @@
 /* bench/kernels.c - times each kernel implementation the CPU supports against ref.
  *
  *   make BUILD=b bench-kernels            build b/bench/kernels and run the default set
- *   b/bench/kernels [--threads T] [--reps R] [--quick] [--best] [--filter SUBSTR]
+ *   b/bench/kernels [--threads T] [--reps R] [--quick] [--best] [--filter SUBSTR] [--impl NAME]
  *   (--best reports the fastest repetition instead of the median: for A/B
  *   tuning on a machine shared with other work)
  *
@@ -27,8 +27,10 @@
 #include "base/threadpool.h"
 #include "kernels/kernels.h"
 
+static const char *impl_names[] = { "ref", "avx2", "avx512" };
+
 static int reps = 5, quick, best;
-static const char *filter;
+static const char *filter, *only_impl;
 static threadpool *tp;
 
 static uint64_t rs = 88172645463325252ull;
@@ -46,9 +48,16 @@ static int cmpd(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static const char *impl_names[] = { "ref", "avx2", "avx512" };
 
 typedef void (*case_fn)(const kern_table *t, void *arg);
+
+/* The k-th implementation's table, or NULL if absent or not selected. */
+static const kern_table *impl_at(size_t k)
+{
+	if (only_impl && strcmp(only_impl, impl_names[k]))
+		return NULL;
+	return kern_impl(impl_names[k]);
+}
 
 /* Median seconds of one call of fn over reps (after one warm-up). */
 static double timeit(case_fn fn, const kern_table *t, void *arg, int n_reps)
@@ -121,7 +130,7 @@ static void bench_matmul(int type, int64_t n_in, int64_t n_out, int64_t n_tok, c
 		a.x[i] = frand();
 	double ref_s = 0;
 	for (size_t k = 0; k < sizeof(impl_names) / sizeof(impl_names[0]); k++) {
-		const kern_table *t = kern_impl(impl_names[k]);
+		const kern_table *t = impl_at(k);
 		if (!t)
 			continue;
 		if (k == 0 && (quick || n_tok * n_in * n_out > (int64_t)4e9 || wbytes > (32u << 20)))
@@ -221,7 +230,7 @@ static void bench_ops(void)
 			continue;
 		double ref_s = 0;
 		for (size_t k = 0; k < sizeof(impl_names) / sizeof(impl_names[0]); k++) {
-			const kern_table *t = kern_impl(impl_names[k]);
+			const kern_table *t = impl_at(k);
 			if (!t)
 				continue;
 			a.op = op;
@@ -289,7 +298,7 @@ static void bench_attn(int n_tok, int ctx, const char *what)
 	a.work = alloc_aligned(64, sizeof(float) * a.wf * (size_t)threadpool_size(tp));
 	double ref_s = 0;
 	for (size_t i = 0; i < sizeof(impl_names) / sizeof(impl_names[0]); i++) {
-		const kern_table *t = kern_impl(impl_names[i]);
+		const kern_table *t = impl_at(i);
 		if (!t)
 			continue;
 		double s = timeit(at_fn, t, &a, reps);
@@ -322,10 +331,12 @@ int main(int argc, char **argv)
 			quick = 1;
 		else if (!strcmp(argv[i], "--best"))
 			best = 1;
+		else if (!strcmp(argv[i], "--impl") && i + 1 < argc)
+			only_impl = argv[++i];
 		else if (!strcmp(argv[i], "--filter") && i + 1 < argc)
 			filter = argv[++i];
 		else {
-			fprintf(stderr, "usage: %s [--threads T] [--reps R] [--quick] [--best] [--filter SUBSTR]\n", argv[0]);
+			fprintf(stderr, "usage: %s [--threads T] [--reps R] [--quick] [--best] [--filter SUBSTR] [--impl NAME]\n", argv[0]);
 			return 2;
 		}
 	}

@@ -1,15 +1,24 @@
 /* attention.c - paged attention over the thread pool.
  *
- * The work is a list of units, each one token and a range of query heads
- * inside one kv group (GQA: the heads of a group read the same K/V rows, so
- * an implementation can load each K/V row once for all of them). When there
- * are enough tokens x kv groups to keep every thread busy, a unit is a whole
- * group; otherwise (one decode token, few kv heads) a unit is one query
- * head. Units are dealt round-robin to the threads. Each (token, head) is
- * computed entirely by one call of kern.attn, and implementations compute a
- * head the same way whichever other heads share its call, so the result does
- * not depend on the thread count or the unit size (tests/unit/kernels_test.c
- * checks this bit for bit).
+ * The work is a list of units, each a block of consecutive batch tokens of
+ * one sequence (at most 8; prefill chunks make long runs) and a range of
+ * query heads inside one kv group. All rows of a unit read the same K/V
+ * rows, so an implementation converts each K/V row once for all of them
+ * (GQA heads, and the tokens of a prefill chunk). When there are enough
+ * tokens x kv groups to keep every thread busy, a unit spans a whole group;
+ * otherwise (one decode token, few kv heads) a unit is one query head, and
+ * blocks shrink until there are enough units. When blocks hold several
+ * tokens (prefill), units are ordered head-major (all token blocks of a
+ * head, then the next head), so a thread keeps one head's K/V rows in cache
+ * while it walks the tokens; when every block is one token (decode steps of
+ * many sequences), token-major, so a token's pages are read row after row.
+ * The list is split into contiguous ranges, one per thread.
+ *
+ * Each (token, head) is computed entirely by one call of kern.attn, and
+ * implementations compute a (token, head) the same way whichever other rows
+ * share its call, so the result does not depend on the thread count, the
+ * unit shapes or the batch (tests/unit/kernels_test.c checks this bit for
+ * bit).
  *
  * Left out: splitting one long context over several threads (split-K with a
  * final reduction): it would make the sum order depend on the thread count.
@@ -24,9 +33,11 @@ static size_t round16(size_t n)
 
 size_t kern_attn_work_floats(int n_head, int n_head_kv, int head_dim, int max_pos)
 {
-	size_t group = (size_t)(n_head / (n_head_kv > 0 ? n_head_kv : 1));
-	size_t ref = round16((size_t)head_dim) + round16((size_t)max_pos);
-	size_t simd = group * (3 * round16((size_t)head_dim) + 2 * KERN_ATTN_CHUNK) + 64;
+	(void)n_head;
+	(void)n_head_kv;
+	size_t hdp = round16((size_t)head_dim);
+	size_t ref = hdp + round16((size_t)max_pos);
+	size_t simd = (size_t)KERN_ATTN_MAX_ROWS * (2 * hdp + 2) + 2 * KERN_ATTN_CHUNK * hdp + KERN_ATTN_CHUNK + 64;
 	return round16(ref > simd ? ref : simd);
 }
 
@@ -35,31 +46,87 @@ typedef struct {
 	const kern_attn *a;
 	float *work;
 	size_t work_floats;
-	int per_group; /* 1: a unit is a whole kv group; 0: one query head */
+	int heads_per_unit; /* query heads per call: a kv group (or a slice of one), or 1 */
+	int tok_per_block;  /* tokens of one sequence per call */
+	int n_blocks;       /* token blocks in the batch */
+	int head_major;     /* unit order: all blocks of a head first, or all heads of a block */
 } attn_job;
+
+/* End of the token block that starts at s: consecutive batch tokens of the
+   same sequence, at most tb of them. */
+static int block_end(const kern_attn *a, int s, int tb)
+{
+	int e = s + 1;
+	while (e < a->n_tokens && e - s < tb && a->seq[e] == a->seq[s])
+		e++;
+	return e;
+}
 
 static void attn_part(void *p, int ith, int nth)
 {
 	const attn_job *j = p;
 	const kern_attn *a = j->a;
-	const int group = a->n_head / a->n_head_kv;
-	const int units_per_tok = j->per_group ? a->n_head_kv : a->n_head;
-	const int n_units = a->n_tokens * units_per_tok;
+	const int group = a->n_head / a->n_head_kv, hpu = j->heads_per_unit;
+	const int slices = (group + hpu - 1) / hpu; /* units per kv group */
+	const int n_head_units = a->n_head_kv * slices;
 	float *work = j->work + (size_t)ith * j->work_floats;
-	for (int u = ith; u < n_units; u += nth) {
-		int t = u / units_per_tok, r = u % units_per_tok;
-		int h0 = j->per_group ? r * group : r;
-		int h1 = j->per_group ? h0 + group : h0 + 1;
-		j->t->attn(a, t, h0, h1, work);
+	/* head-major order, contiguous ranges: a thread walks the token blocks
+	   of one head (group) in a row, so that head's K/V rows stay in cache */
+	int64_t u0, u1;
+	kern_split((int64_t)n_head_units * j->n_blocks, ith, nth, &u0, &u1);
+	if (u0 >= u1)
+		return;
+	if (!j->head_major) { /* blocks are single tokens here: block b = token b */
+		for (int64_t u = u0; u < u1; u++) {
+			int b = (int)(u / n_head_units), r = (int)(u % n_head_units);
+			int g = r / slices, sl = r % slices;
+			int h0 = g * group + sl * hpu, h1 = h0 + hpu < (g + 1) * group ? h0 + hpu : (g + 1) * group;
+			j->t->attn(a, b, b + 1, h0, h1, work);
+		}
+		return;
+	}
+	int r = (int)(u0 / j->n_blocks), b = (int)(u0 % j->n_blocks), s = 0;
+	for (int k = 0; k < b; k++)
+		s = block_end(a, s, j->tok_per_block);
+	for (int64_t u = u0; u < u1; u++) {
+		int e = block_end(a, s, j->tok_per_block);
+		int g = r / slices, sl = r % slices;
+		int h0 = g * group + sl * hpu, h1 = h0 + hpu < (g + 1) * group ? h0 + hpu : (g + 1) * group;
+		j->t->attn(a, s, e, h0, h1, work);
+		s = e;
+		if (++b == j->n_blocks) {
+			b = 0;
+			s = 0;
+			r++;
+		}
 	}
 }
 
 void kern_attention_t(const kern_table *t, threadpool *tp, const kern_attn *a, float *work,
 		      size_t work_floats)
 {
-	CHECK(a->n_head_kv > 0 && a->n_head % a->n_head_kv == 0 && a->head_dim > 0 && a->page_size > 0);
+	CHECK(a->n_head_kv > 0 && a->n_head % a->n_head_kv == 0 && a->head_dim > 0 && a->head_dim <= 512 &&
+	      a->page_size > 0);
 	int nth = tp ? threadpool_size(tp) : 1;
-	attn_job j = { t, a, work, work_floats, a->n_tokens * a->n_head_kv >= 4 * nth };
+	const int group = a->n_head / a->n_head_kv;
+	attn_job j = { t, a, work, work_floats, 1, 1, 0, 1 };
+	/* whole groups when tokens x kv heads keep every thread busy, else single heads */
+	if (a->n_tokens * a->n_head_kv >= 4 * nth)
+		j.heads_per_unit = group < KERN_ATTN_MAX_ROWS ? group : KERN_ATTN_MAX_ROWS;
+	j.tok_per_block = KERN_ATTN_MAX_ROWS / j.heads_per_unit;
+	if (j.tok_per_block > 8)
+		j.tok_per_block = 8;
+	/* with few blocks, smaller ones keep the threads busy */
+	while (j.tok_per_block > 1 && (a->n_tokens / j.tok_per_block) * a->n_head_kv < 4 * nth)
+		j.tok_per_block /= 2;
+	for (int s = 0; s < a->n_tokens; j.n_blocks++)
+		s = block_end(a, s, j.tok_per_block);
+	/* Tokens that share a sequence (prefill) are best walked head by head:
+	   one head's K/V stays in cache for all of them. Decode steps of many
+	   sequences are best walked token by token: a token's heads together read
+	   its pages' rows from end to end, instead of 128 bytes of every row once
+	   per head. */
+	j.head_major = j.n_blocks < a->n_tokens;
 	if (tp)
 		threadpool_run(tp, attn_part, &j);
 	else

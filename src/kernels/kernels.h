@@ -47,6 +47,9 @@ typedef float (*kern_vec_dot_fn)(int64_t n, const void *x, const void *y);
 typedef struct kern_weight kern_weight;
 typedef struct kern_attn kern_attn;
 
+/* Most (token, head) rows one kern.attn call handles. */
+#define KERN_ATTN_MAX_ROWS 16
+
 /* Rows of a weight matrix handled per tile by the tiled matmul entries. */
 #define KERN_MM_TILE 8
 
@@ -86,10 +89,12 @@ typedef struct {
 	   (a, b) -> (a cs - b sn, a sn + b cs). Elements past n_rot are untouched. */
 	void (*rope)(float *x, int n_heads, int head_dim, int n_rot, int neox, const float *cs,
 		     const float *sn);
-	/* Paged attention of token t for query heads [h0, h1), all in kv head
-	   group g = h0 / (n_head / n_head_kv) (see kern_attn). work: at least
-	   kern_attn_work_floats() floats, 64-byte aligned. */
-	void (*attn)(const kern_attn *a, int t, int h0, int h1, float *work);
+	/* Paged attention of batch tokens [t0, t1), all of one sequence, for
+	   query heads [h0, h1), all in kv head group h0 / (n_head / n_head_kv)
+	   (see kern_attn); (t1 - t0) * (h1 - h0) <= KERN_ATTN_MAX_ROWS, so an
+	   implementation can convert each K/V row once for all of them. work: at
+	   least kern_attn_work_floats() floats, 64-byte aligned. */
+	void (*attn)(const kern_attn *a, int t0, int t1, int h0, int h1, float *work);
 } kern_table;
 
 extern kern_table kern;

@@ -31,7 +31,9 @@ static inline void kern_split(int64_t n, int ith, int nth, int64_t *lo, int64_t 
 
 /* Per-thread work of the attention ops (floats): the reference keeps every
    score of one head (max_pos) plus the rounded query; SIMD versions keep
-   the accumulators of a kv group. */
+   the queries and accumulators of a kv group plus one chunk of
+   KERN_ATTN_CHUNK K and V rows in f32, for at most KERN_ATTN_MAX_ROWS
+   (token, head) rows per call. */
 #define KERN_ATTN_CHUNK 16
 
 #endif

@@ -1658,8 +1658,19 @@ Test(impl, attention_vs_ref_and_invariant, .timeout = 120)
 	};
 	static const int dtypes[] = { QTYPE_F32, QTYPE_F16, QTYPE_BF16 };
 	static const char *const tol_names[] = { "attn_f32", "attn_f16", "attn_bf16" };
-	enum { N_TOK = 6 };
-	const int32_t pos[N_TOK] = { 0, 15, 16, 17, 99, 40 }, seq[N_TOK] = { 0, 1, 0, 1, 0, 1 };
+	/* a prefill-like run of 20 tokens of sequence 0 (blocks of 8 share K/V
+	   conversions), then single tokens of both sequences */
+	enum { N_TOK = 26 };
+	int32_t pos[N_TOK], seq[N_TOK];
+	for (int t = 0; t < 20; t++) {
+		pos[t] = 60 + t;
+		seq[t] = 0;
+	}
+	const int32_t tail_pos[6] = { 0, 15, 16, 17, 99, 40 }, tail_seq[6] = { 1, 1, 0, 1, 0, 1 };
+	for (int t = 0; t < 6; t++) {
+		pos[20 + t] = tail_pos[t];
+		seq[20 + t] = tail_seq[t];
+	}
 	char err[ERR_LEN];
 	threadpool *tp3 = threadpool_create(3, err);
 	cr_assert_not_null(tp3, "%s", err);

@@ -116,7 +116,7 @@ static const char *kv_row(const kern_attn *a, const void *base, const int32_t *p
 }
 
 /* work: [head_dim] rounded query, then [pos + 1] scores. */
-static void attn(const kern_attn *a, int t, int h0, int h1, float *work)
+static void attn_token(const kern_attn *a, int t, int h0, int h1, float *work)
 {
 	const int hd = a->head_dim, group = a->n_head / a->n_head_kv;
 	const size_t qd = (size_t)a->n_head * hd;
@@ -153,6 +153,12 @@ static void attn(const kern_attn *a, int t, int h0, int h1, float *work)
 				out[d] += w * kv_load(a->kv_dtype, vrow, d);
 		}
 	}
+}
+
+static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work)
+{
+	for (int t = t0; t < t1; t++)
+		attn_token(a, t, h0, h1, work);
 }
 
 void kern_ref_fill_ops(kern_table *t)

@@ -290,7 +290,7 @@ static void to_float_bf16(const void *src, float *dst, int64_t n)
 
 /* ---- quantized matmul: activation layouts ---------------------------------- */
 
-#define GEMM_MIN_TOK 8 /* n_tok from which the GEMM shape is used */
+#define GEMM_MIN_TOK 12 /* n_tok from which the GEMM shape is used (measured crossover) */
 #define GEMV_TOK 4     /* tokens per GEMV pass over a tile (more: another pass, weights from L1/L2) */
 #define GR 8           /* weight rows per tile */
 #define KC 1024        /* panel chunk (elements), a multiple of 256 */
@@ -836,6 +836,15 @@ INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt
 
 /* ---- GEMM: panels ------------------------------------------------------------ */
 
+/* acc += dpbusd(a, the dword at p broadcast): with the broadcast folded into
+   the instruction ({1to16} memory operand), which GCC does not do for this
+   intrinsic; a separate vpbroadcastd costs a vector µop per multiply-add. */
+INLINE __m512i dpbusd_bcst(__m512i acc, __m512i a, const void *p)
+{
+	__asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(a), "m"(*(const int32_t *)p));
+	return acc;
+}
+
 typedef struct {
 	int8_t codes[GR][KC];             /* signed codes, row r */
 	int32_t corr[KC / 32][GR];        /* -128 * sum of a block's codes (K: scaled, per super-block) */
@@ -852,12 +861,14 @@ INLINE int32_t hsum_u8(__m256i u)
 	return (int32_t)(_mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1));
 }
 
-INLINE void unpack32(panel *P, const uint8_t *const row[GR], int64_t b0, int nbk, int bs, ufn U, int off,
-		     int has_m)
+INLINE void unpack32(panel *P, const uint8_t *const row[GR], size_t rs, int64_t b0, int nbk, int bs, ufn U,
+		     int off, int has_m)
 {
 	for (int r = 0; r < GR; r++)
 		for (int bl = 0; bl < nbk; bl++) {
 			const uint8_t *blk = row[r] + (b0 + bl) * bs;
+			if (!(bl & 1)) /* the next tile's rows, one tile ahead (see gemv32_tile) */
+				_mm_prefetch((const char *)blk + GR * rs, _MM_HINT_T1);
 			__m256i u = U(blk);
 			_mm256_store_si256((__m256i *)(P->codes[r] + 32 * bl), _mm256_sub_epi8(u, _mm256_set1_epi8((char)off)));
 			P->corr[bl][r] = -128 * (hsum_u8(u) - 32 * off);
@@ -867,13 +878,15 @@ INLINE void unpack32(panel *P, const uint8_t *const row[GR], int64_t b0, int nbk
 		}
 }
 
-INLINE void unpackk(panel *P, const uint8_t *const row[GR], int64_t sb0, int nsbk, int kt)
+INLINE void unpackk(panel *P, const uint8_t *const row[GR], size_t rs, int64_t sb0, int nsbk, int kt)
 {
 	const int bs = k_bs(kt);
 	const __m512i ones = _mm512_set1_epi8(1);
 	for (int r = 0; r < GR; r++)
 		for (int sl = 0; sl < nsbk; sl++) {
 			const uint8_t *blk = row[r] + (sb0 + sl) * bs;
+			for (int k = 0; k < bs; k += 64)
+				_mm_prefetch((const char *)blk + GR * rs + k, _MM_HINT_T1);
 			__m512i s32, tot = _mm512_setzero_si512();
 			if (kt != KT_Q6) {
 				__m128i sm = k_scales(blk + 4);
@@ -919,16 +932,20 @@ INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg,
 		for (int k = 0; k < 8; k++)
 			a[k] = _mm512_load_si512((const void *)(B + 64 * k));
 		__m512 da = _mm512_load_ps((const float *)(B + 512));
+		/* k outer, rows inner: 8 independent dependency chains in flight */
+		__m512i is[GR];
 #pragma GCC unroll 8
-		for (int r = 0; r < GR; r++) {
-			const int8_t *c = P->codes[r] + 32 * bl;
-			__m512i is = _mm512_set1_epi32(P->corr[bl][r]);
+		for (int r = 0; r < GR; r++)
+			is[r] = _mm512_set1_epi32(P->corr[bl][r]);
 #pragma GCC unroll 8
-			for (int k = 0; k < 8; k++)
-				is = _mm512_dpbusd_epi32(is, a[k], _mm512_set1_epi32(ld32(c + 4 * k)));
+		for (int k = 0; k < 8; k++)
+#pragma GCC unroll 8
+			for (int r = 0; r < GR; r++)
+				is[r] = dpbusd_bcst(is[r], a[k], P->codes[r] + 32 * bl + 4 * k);
+#pragma GCC unroll 8
+		for (int r = 0; r < GR; r++)
 			acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(P->d[bl][r]), da),
-								     _mm512_cvtepi32_ps(is)));
-		}
+								     _mm512_cvtepi32_ps(is[r])));
 	}
 #pragma GCC unroll 8
 	for (int r = 0; r < GR; r++)
@@ -962,14 +979,17 @@ INLINE void gemmk_group(const panel *P, int nsbk, int kt, const uint8_t *A, floa
 			__m512i a[8];
 			for (int k = 0; k < dws; k++)
 				a[k] = _mm512_load_si512((const void *)(B + 64 * (j * dws + k)));
+			__m512i D[GR];
 #pragma GCC unroll 8
-			for (int r = 0; r < GR; r++) {
-				const int8_t *c = P->codes[r] + QK_K * sl + 4 * dws * j;
-				__m512i D = _mm512_setzero_si512();
-				for (int k = 0; k < dws; k++)
-					D = _mm512_dpbusd_epi32(D, a[k], _mm512_set1_epi32(ld32(c + 4 * k)));
-				is[r] = _mm512_add_epi32(is[r], _mm512_mullo_epi32(D, _mm512_set1_epi32(P->sc[sl][j][r])));
-			}
+			for (int r = 0; r < GR; r++)
+				D[r] = _mm512_setzero_si512();
+			for (int k = 0; k < dws; k++)
+#pragma GCC unroll 8
+				for (int r = 0; r < GR; r++)
+					D[r] = dpbusd_bcst(D[r], a[k], P->codes[r] + QK_K * sl + 4 * dws * j + 4 * k);
+#pragma GCC unroll 8
+			for (int r = 0; r < GR; r++)
+				is[r] = _mm512_add_epi32(is[r], _mm512_mullo_epi32(D[r], _mm512_set1_epi32(P->sc[sl][j][r])));
 		}
 		__m512 dv = _mm512_load_ps((const float *)(B + 4096));
 #pragma GCC unroll 8
@@ -994,21 +1014,54 @@ INLINE void gemmk_group(const panel *P, int nsbk, int kt, const uint8_t *A, floa
 }
 
 /* y[16g + lane][o0 + r] for the valid tokens and rows of one group. sign:
-   0 = acc, +1 = acc + accm, -1 = acc - accm. */
+   0 = acc, +1 = acc + accm, -1 = acc - accm. The 8 rows x 16 tokens are
+   transposed in registers (unpack, shuffle) and stored as 4-float pieces:
+   AVX-512 scatters are microcoded and slow on some CPUs (Zen 4). */
 INLINE void store_group(float *y, int64_t n_out, int64_t n_tok, int64_t g, int64_t o0, int nv, const float *accg,
 			const float *accmg, int sign)
 {
 	int64_t nt = n_tok - 16 * g;
-	__mmask16 tm = nt >= 16 ? 0xffff : (__mmask16)((1u << nt) - 1);
-	const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-					       _mm512_set1_epi32((int)n_out));
-	for (int r = 0; r < nv; r++) {
-		__m512 v = _mm512_load_ps(accg + 16 * r);
+	if (nt > 16)
+		nt = 16;
+	__m512 v[GR], lo[GR], hi[GR];
+#pragma GCC unroll 8
+	for (int r = 0; r < GR; r++) {
+		v[r] = _mm512_load_ps(accg + 16 * r);
 		if (sign > 0)
-			v = _mm512_add_ps(v, _mm512_load_ps(accmg + 16 * r));
+			v[r] = _mm512_add_ps(v[r], _mm512_load_ps(accmg + 16 * r));
 		else if (sign < 0)
-			v = _mm512_sub_ps(v, _mm512_load_ps(accmg + 16 * r));
-		_mm512_mask_i32scatter_ps(y + 16 * g * n_out + o0 + r, tm, idx, v, 4);
+			v[r] = _mm512_sub_ps(v[r], _mm512_load_ps(accmg + 16 * r));
+	}
+	/* per 128-bit lane k: lo[2i] = [r2i t0, r2i+1 t0, r2i t1, r2i+1 t1] (tokens 4k..), hi: t2, t3 */
+#pragma GCC unroll 4
+	for (int i = 0; i < GR / 2; i++) {
+		lo[i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+		hi[i] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+	}
+	/* q[h][j]: rows 4h..4h+3 of tokens {j, j+4, j+8, j+12} (128-bit lane k = token j + 4k) */
+	__m512 q[2][4];
+#pragma GCC unroll 2
+	for (int h = 0; h < 2; h++) {
+		q[h][0] = _mm512_shuffle_ps(lo[2 * h], lo[2 * h + 1], 0x44);
+		q[h][1] = _mm512_shuffle_ps(lo[2 * h], lo[2 * h + 1], 0xEE);
+		q[h][2] = _mm512_shuffle_ps(hi[2 * h], hi[2 * h + 1], 0x44);
+		q[h][3] = _mm512_shuffle_ps(hi[2 * h], hi[2 * h + 1], 0xEE);
+	}
+	const __mmask8 m0 = (__mmask8)(nv >= 4 ? 0xf : (1u << nv) - 1);
+	const __mmask8 m1 = (__mmask8)(nv <= 4 ? 0 : (1u << (nv - 4)) - 1);
+	float *yg = y + 16 * g * n_out + o0;
+	for (int t = 0; t < nt; t++) {
+		int jj = t & 3, k = t >> 2;
+		__m128 a, b;
+		switch (k) { /* the lane index must be a constant */
+		case 0: a = _mm512_extractf32x4_ps(q[0][jj], 0); b = _mm512_extractf32x4_ps(q[1][jj], 0); break;
+		case 1: a = _mm512_extractf32x4_ps(q[0][jj], 1); b = _mm512_extractf32x4_ps(q[1][jj], 1); break;
+		case 2: a = _mm512_extractf32x4_ps(q[0][jj], 2); b = _mm512_extractf32x4_ps(q[1][jj], 2); break;
+		default: a = _mm512_extractf32x4_ps(q[0][jj], 3); b = _mm512_extractf32x4_ps(q[1][jj], 3); break;
+		}
+		_mm_mask_storeu_ps(yg + t * n_out, m0, a);
+		if (m1)
+			_mm_mask_storeu_ps(yg + t * n_out + 4, m1, b);
 	}
 }
 
@@ -1039,9 +1092,9 @@ INLINE void gemm_tiles(const kern_weight *w, const uint8_t *act, int64_t n_tok, 
 			for (int64_t b0 = 0; b0 < nb; b0 += chunk) {
 				const int nbk = nb - b0 < chunk ? (int)(nb - b0) : (int)chunk;
 				if (kind)
-					unpackk(&P, row, b0, nbk, kt);
+					unpackk(&P, row, rs, b0, nbk, kt);
 				else
-					unpack32(&P, row, b0, nbk, bs, U, off, has_m);
+					unpack32(&P, row, rs, b0, nbk, bs, U, off, has_m);
 				for (int gi = 0; gi < ngb; gi++) {
 					const uint8_t *A = act + (size_t)(gb0 + gi) * gs + (size_t)b0 * (kind ? BLKK : BLK8);
 					if (kind)
@@ -1443,96 +1496,150 @@ INLINE __m512 round_kv(__m512 v, int dt)
 	return v;
 }
 
-/* Online softmax over chunks of KERN_ATTN_CHUNK positions. For each head:
-   m = running max, l = running sum of e^(s - m), acc = running sum of
-   e^(s - m) v; a new chunk rescales l and acc by e^(m_old - m_new). Each
-   head's arithmetic is the same whichever heads share the call. */
-static void attn(const kern_attn *a, int t, int h0, int h1, float *work)
+/* 16 vectors -> one vector whose lane j is the sum of v[j]'s 16 lanes
+   (transpose-add tree; the sum order of each lane is fixed). */
+INLINE __m512 tree16_ps(const __m512 v[16])
+{
+	__m512 t[8], u[4];
+#pragma GCC unroll 8
+	for (int k = 0; k < 8; k++)
+		t[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]), _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+#pragma GCC unroll 4
+	for (int k = 0; k < 4; k++)
+		u[k] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * k], t[2 * k + 1], 0x44), _mm512_shuffle_ps(t[2 * k], t[2 * k + 1], 0xEE));
+	__m512 a = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+				 _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+	__m512 b = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0)),
+				 _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1)));
+	return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* K/V rows past the end of a chunk: zeros of the widest head dimension
+   the attention accepts (kern_attention CHECKs head_dim <= 512). */
+static const float zero_row[512] __attribute__((aligned(64)));
+
+/* Online softmax over chunks of 16 positions (KERN_ATTN_CHUNK). Per chunk the
+   K and V rows of the kv head are converted once to f32 (zero-padded to a
+   multiple of 16) for every row of the call (tokens x query heads), then
+   for each row that still attends there: 16 scores by FMA over the head
+   dimension and a transpose-add tree, the running max m, sum l and
+   accumulator acc rescaled by e^(m_old - m_new), and acc += e^(s - m_new) v
+   over the row's own positions. A row's arithmetic depends only on its
+   query and its positions, not on which rows share the call. */
+static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work)
 {
 	const int hd = a->head_dim, group = a->n_head / a->n_head_kv, g = h0 / group, G = h1 - h0;
+	const int R = (t1 - t0) * G;
 	const int nch = (hd + 15) / 16, hdp = 16 * nch, dt = a->kv_dtype;
 	const __mmask16 lastm = hd % 16 ? tail16(hd % 16) : 0xffff;
 	const size_t es = dt == QTYPE_F32 ? 4 : 2, kvd = (size_t)a->n_head_kv * hd, qd = (size_t)a->n_head * hd;
-	const int32_t *pages = a->pages[a->seq[t]];
-	const int n = a->pos[t] + 1, ps = a->page_size;
-	float *qc = work, *acc = qc + (size_t)G * hdp, *sbuf = acc + (size_t)G * hdp, *pbuf = sbuf + (size_t)G * 16;
-	float mrun[64], lrun[64];
-	float *mr = G <= 64 ? mrun : pbuf + (size_t)G * 16, *lr = G <= 64 ? lrun : mr + G;
-	for (int hi = 0; hi < G; hi++) {
-		const float *q = a->q + (size_t)t * qd + (size_t)(h0 + hi) * hd;
+	const int32_t *pages = a->pages[a->seq[t0]];
+	const int ps = a->page_size;
+	const int direct = dt == QTYPE_F32 && hd % 16 == 0; /* read f32 rows in place */
+	/* work: qc [R][hdp], acc [R][hdp], m [R], l [R], kf [16][hdp], vf [16][hdp], p [16] */
+	float *qc = work, *acc = qc + (size_t)R * hdp, *mr = acc + (size_t)R * hdp, *lr = mr + R;
+	float *kf = qc + (size_t)KERN_ATTN_MAX_ROWS * (2 * hdp + 2), *vf = kf + 16 * (size_t)hdp;
+	float *pbuf = vf + 16 * (size_t)hdp;
+	int nmax = 0, nrow[KERN_ATTN_MAX_ROWS];
+	for (int i = 0; i < R; i++) {
+		const int t = t0 + i / G, h = h0 + i % G;
+		const float *q = a->q + (size_t)t * qd + (size_t)h * hd;
 		for (int c = 0; c < nch; c++) {
 			__mmask16 m = c == nch - 1 ? lastm : 0xffff;
-			_mm512_store_ps(qc + hi * hdp + 16 * c, round_kv(_mm512_maskz_loadu_ps(m, q + 16 * c), dt));
-			_mm512_store_ps(acc + hi * hdp + 16 * c, _mm512_setzero_ps());
+			_mm512_store_ps(qc + i * hdp + 16 * c, round_kv(_mm512_maskz_loadu_ps(m, q + 16 * c), dt));
+			_mm512_store_ps(acc + i * hdp + 16 * c, _mm512_setzero_ps());
 		}
-		mr[hi] = -INFINITY;
-		lr[hi] = 0.0f;
+		mr[i] = -INFINITY;
+		lr[i] = 0.0f;
+		nrow[i] = a->pos[t] + 1;
+		nmax = nrow[i] > nmax ? nrow[i] : nmax;
 	}
 	const __m512 scale = _mm512_set1_ps(a->scale);
-	for (int p0 = 0; p0 < n; p0 += KERN_ATTN_CHUNK) {
-		const int np = n - p0 < KERN_ATTN_CHUNK ? n - p0 : KERN_ATTN_CHUNK;
-		const uint8_t *krow[KERN_ATTN_CHUNK], *vrow[KERN_ATTN_CHUNK];
-		for (int j = 0; j < np; j++) {
-			int p = p0 + j;
-			size_t slot = (size_t)pages[p / ps] * ps + (size_t)(p % ps);
-			size_t off = (slot * kvd + (size_t)g * hd) * es;
-			krow[j] = (const uint8_t *)a->k + off;
-			vrow[j] = (const uint8_t *)a->v + off;
-		}
-		/* scores */
-		for (int j = 0; j < np; j++) {
-			__m512 s[64 > 0 ? 8 : 1];
-			for (int hb = 0; hb < G; hb += 8) {
-				int ge = G - hb < 8 ? G - hb : 8;
-				for (int hi = 0; hi < ge; hi++)
-					s[hi] = _mm512_setzero_ps();
-				for (int c = 0; c < nch; c++) {
-					__m512 kv = kvload(krow[j], dt, 16 * c, c == nch - 1 ? lastm : 0xffff);
-					for (int hi = 0; hi < ge; hi++)
-						s[hi] = _mm512_fmadd_ps(_mm512_load_ps(qc + (hb + hi) * hdp + 16 * c), kv, s[hi]);
+	for (int p0 = 0; p0 < nmax; p0 += 16) {
+		const int npa = nmax - p0 < 16 ? nmax - p0 : 16;
+		const float *kp[16], *vp[16];
+		/* fetch the next chunk's rows while this one is computed: decode reads
+		   K/V pages that have left the caches (hides the DRAM latency) */
+		if (p0 + 16 < nmax) {
+			int pg2 = (p0 + 16) / ps, off2 = (p0 + 16) % ps;
+			for (int j = 0; j < 16 && p0 + 16 + j < nmax; j++) {
+				size_t slot = (size_t)pages[pg2] * ps + (size_t)off2;
+				if (++off2 == ps) {
+					pg2++;
+					off2 = 0;
 				}
-				for (int hi = 0; hi < ge; hi++)
-					sbuf[(hb + hi) * 16 + j] = _mm512_reduce_add_ps(s[hi]);
+				const char *kr = (const char *)a->k + (slot * kvd + (size_t)g * hd) * es;
+				const char *vr = (const char *)a->v + (slot * kvd + (size_t)g * hd) * es;
+				for (size_t b = 0; b < (size_t)hd * es; b += 64) {
+					_mm_prefetch(kr + b, _MM_HINT_T0);
+					_mm_prefetch(vr + b, _MM_HINT_T0);
+				}
 			}
 		}
-		/* softmax update */
-		const __mmask16 pm = tail16(np) | (np == 16 ? 0xffff : 0);
-		for (int hi = 0; hi < G; hi++) {
-			__m512 sv = _mm512_mul_ps(_mm512_maskz_loadu_ps(pm, sbuf + hi * 16), scale);
-			float cmax = _mm512_mask_reduce_max_ps(pm, sv);
-			float mnew = cmax > mr[hi] ? cmax : mr[hi];
-			float alpha = _mm512_cvtss_f32(exp512(_mm512_set1_ps(mr[hi] - mnew)));
-			__m512 pv = _mm512_maskz_mov_ps(pm, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(mnew))));
-			lr[hi] = lr[hi] * alpha + _mm512_reduce_add_ps(pv);
-			mr[hi] = mnew;
-			_mm512_store_ps(pbuf + hi * 16, pv);
-			__m512 va = _mm512_set1_ps(alpha);
-			for (int c = 0; c < nch; c++)
-				_mm512_store_ps(acc + hi * hdp + 16 * c, _mm512_mul_ps(_mm512_load_ps(acc + hi * hdp + 16 * c), va));
+		int pg = p0 / ps, off = p0 % ps; /* walked forward: no division per position */
+		for (int j = 0; j < 16; j++) {
+			if (j >= npa) {
+				kp[j] = vp[j] = zero_row;
+				continue;
+			}
+			size_t slot = (size_t)pages[pg] * ps + (size_t)off;
+			if (++off == ps) {
+				pg++;
+				off = 0;
+			}
+			const uint8_t *kr = (const uint8_t *)a->k + (slot * kvd + (size_t)g * hd) * es;
+			const uint8_t *vr = (const uint8_t *)a->v + (slot * kvd + (size_t)g * hd) * es;
+			if (direct) {
+				kp[j] = (const float *)kr;
+				vp[j] = (const float *)vr;
+				continue;
+			}
+			for (int c = 0; c < nch; c++) {
+				__mmask16 m = c == nch - 1 ? lastm : 0xffff;
+				_mm512_store_ps(kf + j * hdp + 16 * c, kvload(kr, dt, 16 * c, m));
+				_mm512_store_ps(vf + j * hdp + 16 * c, kvload(vr, dt, 16 * c, m));
+			}
+			kp[j] = kf + j * hdp;
+			vp[j] = vf + j * hdp;
 		}
-		/* acc += p v */
-		for (int c = 0; c < nch; c++) {
-			__m512 o[8];
-			for (int hb = 0; hb < G; hb += 8) {
-				int ge = G - hb < 8 ? G - hb : 8;
-				for (int hi = 0; hi < ge; hi++)
-					o[hi] = _mm512_load_ps(acc + (hb + hi) * hdp + 16 * c);
-				for (int j = 0; j < np; j++) {
-					__m512 vv = kvload(vrow[j], dt, 16 * c, c == nch - 1 ? lastm : 0xffff);
-					for (int hi = 0; hi < ge; hi++)
-						o[hi] = _mm512_fmadd_ps(_mm512_set1_ps(pbuf[(hb + hi) * 16 + j]), vv, o[hi]);
-				}
-				for (int hi = 0; hi < ge; hi++)
-					_mm512_store_ps(acc + (hb + hi) * hdp + 16 * c, o[hi]);
+		for (int i = 0; i < R; i++) {
+			if (nrow[i] <= p0)
+				continue;
+			const int np = nrow[i] - p0 < 16 ? nrow[i] - p0 : 16;
+			const __mmask16 pm = tail16(np);
+			__m512 sacc[16];
+#pragma GCC unroll 16
+			for (int j = 0; j < 16; j++)
+				sacc[j] = _mm512_setzero_ps();
+			for (int c = 0; c < nch; c++) {
+				__m512 qv = _mm512_load_ps(qc + i * hdp + 16 * c);
+#pragma GCC unroll 16
+				for (int j = 0; j < 16; j++)
+					sacc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kp[j] + 16 * c), sacc[j]);
+			}
+			__m512 sv = _mm512_mul_ps(tree16_ps(sacc), scale);
+			float cmax = _mm512_mask_reduce_max_ps(pm, sv);
+			float mnew = cmax > mr[i] ? cmax : mr[i];
+			float alpha = _mm512_cvtss_f32(exp512(_mm512_set1_ps(mr[i] - mnew)));
+			__m512 pv = _mm512_maskz_mov_ps(pm, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(mnew))));
+			lr[i] = lr[i] * alpha + _mm512_reduce_add_ps(pv);
+			mr[i] = mnew;
+			_mm512_store_ps(pbuf, pv);
+			const __m512 va = _mm512_set1_ps(alpha);
+			for (int c = 0; c < nch; c++) {
+				__m512 o = _mm512_mul_ps(_mm512_load_ps(acc + i * hdp + 16 * c), va);
+				for (int j = 0; j < np; j++)
+					o = _mm512_fmadd_ps(_mm512_set1_ps(pbuf[j]), _mm512_loadu_ps(vp[j] + 16 * c), o);
+				_mm512_store_ps(acc + i * hdp + 16 * c, o);
 			}
 		}
 	}
-	for (int hi = 0; hi < G; hi++) {
-		float *out = a->out + (size_t)t * qd + (size_t)(h0 + hi) * hd;
-		const __m512 inv = _mm512_set1_ps(1.0f / lr[hi]);
+	for (int i = 0; i < R; i++) {
+		float *out = a->out + (size_t)(t0 + i / G) * qd + (size_t)(h0 + i % G) * hd;
+		const __m512 inv = _mm512_set1_ps(1.0f / lr[i]);
 		for (int c = 0; c < nch; c++)
 			_mm512_mask_storeu_ps(out + 16 * c, c == nch - 1 ? lastm : 0xffff,
-					      _mm512_mul_ps(_mm512_load_ps(acc + hi * hdp + 16 * c), inv));
+					      _mm512_mul_ps(_mm512_load_ps(acc + i * hdp + 16 * c), inv));
 	}
 }
 
