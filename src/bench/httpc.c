@@ -238,6 +238,10 @@ int httpc_start(httpc *h, const char *url, const char *body, size_t len, const c
 	if (h->live)
 		h->live->prev = t;
 	h->live = t;
+	/* start connecting now, not at the next poll: the caller's clock is
+	   already running for this request */
+	int running;
+	curl_multi_perform(h->multi, &running);
 	return 0;
 }
 

@@ -51,7 +51,8 @@ typedef struct {
 httpc *httpc_create(char err[ERR_LEN]);
 void httpc_destroy(httpc *h); /* NULL is fine; in-flight requests end without callbacks */
 
-/* POST body (copied) to url. cb is borrowed for the request's life. 0 or
+/* POST body (copied) to url; connecting starts before this returns. cb is
+   borrowed for the request's life. 0 or
    ERR_NOMEM / ERR_IO with err; on error no callback will fire. */
 int httpc_start(httpc *h, const char *url, const char *body, size_t len, const char *api_key, double timeout_s,
 		const httpc_callbacks *cb, void *user, char err[ERR_LEN]);
