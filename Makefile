@@ -128,9 +128,10 @@ fuzz:
 
 # Kernel micro-benchmarks (bench/kernels.c): every implementation the CPU
 # supports against ref. BENCH_ARGS passes flags, e.g. BENCH_ARGS=--quick.
+# BUILD/bench/NAME builds any other bench/NAME.c (e.g. requant).
 bench-kernels: $(BUILD)/bench/kernels
 	$(BUILD)/bench/kernels $(BENCH_ARGS)
-$(BUILD)/bench/kernels: $(BUILD)/bench/kernels.o $(LIB)
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(LIB) $(LDLIBS_ALL)
 
 clean:

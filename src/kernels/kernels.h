@@ -38,7 +38,8 @@
 /* Convert n elements (n a multiple of the type's block) to f32. */
 typedef void (*kern_to_float_fn)(const void *src, float *dst, int64_t n);
 /* Convert n f32 to the type (quantize). Defined for the activation types
-   F32, F16, BF16, Q8_0, Q8_1, Q8_K, and for Q4_0, Q8_0 as weight types (model synth). */
+   F32, F16, BF16, Q8_0, Q8_1, Q8_K, and for Q4_0, Q8_0 (model synth), Q4_K,
+   Q6_K (benchmark models) as weight types. */
 typedef void (*kern_from_float_fn)(const float *src, void *dst, int64_t n);
 /* Dot product of n elements: x is a row of the weight type, y a row of its
    vec_dot_type (qtype_get(type)->vec_dot_type). */

@@ -45,8 +45,18 @@
  * copied into a local struct with memcpy before use, and output blocks are
  * built locally and copied out. float pointers must be float-aligned.
  *
- * Left out: quantizers for weight types other than Q4_0 and Q8_0 (llama.cpp's
- * quantize tool makes those files), the IQ and ternary types, Q2_K/Q3_K.
+ *  - Q4_K and Q6_K as weight types (benchmark models: bench/requant.c makes
+ *    Q4_K_M files from F16/F32 ones) use simple rules, not llama-quantize's
+ *    error-minimising search: Q4_K per 32-element sub-block scale =
+ *    (max - min) / 15 with min capped at 0, codes round((x - min) / scale),
+ *    the 6-bit sub-block scales and mins relative to the block's largest;
+ *    Q6_K per 16-element sub-block scale = (signed max) / -32, int8 scales
+ *    relative to the largest |scale| / 127, codes round(x / scale) + 32.
+ *    Valid blocks any reader decodes the same way; about 1.2x the error of
+ *    llama-quantize's output.
+ *
+ * Left out: quantizers for the other weight types (llama.cpp's quantize tool
+ * makes those files), the IQ and ternary types, Q2_K/Q3_K.
  * n must be a multiple of the type's block (32 or 256): checking that is the
  * caller's job (kern_matmul sizes rows by the weight type); it is asserted.
  */
@@ -463,6 +473,99 @@ static void from_float_q4_0(const float *src, void *dst, int64_t n)
 	}
 }
 
+/* Q4_K weights (see the top of the file). */
+static void from_float_q4_k(const float *src, void *dst, int64_t n)
+{
+	assert(n % QK_K == 0);
+	uint8_t *p = dst;
+	for (int64_t i = 0; i < n / QK_K; i++, src += QK_K) {
+		float scale[8], mins[8], max_scale = 0, max_min = 0;
+		for (int j = 0; j < 8; j++) {
+			float mn = src[32 * j], mx = src[32 * j];
+			for (int l = 1; l < 32; l++) {
+				mn = fminf(mn, src[32 * j + l]);
+				mx = fmaxf(mx, src[32 * j + l]);
+			}
+			if (mn > 0)
+				mn = 0;
+			scale[j] = (mx - mn) / 15.0f;
+			mins[j] = -mn;
+			max_scale = fmaxf(max_scale, scale[j]);
+			max_min = fmaxf(max_min, mins[j]);
+		}
+		block_q4_k b;
+		memset(&b, 0, sizeof(b));
+		float d = max_scale / 63.0f, dmin = max_min / 63.0f;
+		b.d = half_f32_to_f16(d);
+		b.dmin = half_f32_to_f16(dmin);
+		d = f16(b.d);
+		dmin = f16(b.dmin);
+		int sc[8], mn[8];
+		for (int j = 0; j < 8; j++) {
+			sc[j] = d > 0 ? round_even_clamp(scale[j] / d, 0, 63) : 0;
+			mn[j] = dmin > 0 ? round_even_clamp(mins[j] / dmin, 0, 63) : 0;
+		}
+		for (int j = 0; j < 4; j++) { /* the packing unpack_k_scales reads */
+			b.scales[j] = (uint8_t)((sc[j] & 63) | (sc[j + 4] >> 4) << 6);
+			b.scales[j + 4] = (uint8_t)((mn[j] & 63) | (mn[j + 4] >> 4) << 6);
+			b.scales[j + 8] = (uint8_t)((sc[j + 4] & 15) | (mn[j + 4] & 15) << 4);
+		}
+		for (int j = 0; j < 8; j++) {
+			float ds = d * (float)sc[j], dm = dmin * (float)mn[j];
+			for (int l = 0; l < 32; l++) {
+				int q = ds > 0 ? round_even_clamp((src[32 * j + l] + dm) / ds, 0, 15) : 0;
+				int c = j / 2; /* chunk of 64: low nibbles for even j, high for odd */
+				b.qs[32 * c + l] |= (uint8_t)(j % 2 ? q << 4 : q);
+			}
+		}
+		memcpy(p + i * sizeof(b), &b, sizeof(b));
+	}
+}
+
+/* Q6_K weights (see the top of the file). */
+static void from_float_q6_k(const float *src, void *dst, int64_t n)
+{
+	assert(n % QK_K == 0);
+	uint8_t *p = dst;
+	for (int64_t i = 0; i < n / QK_K; i++, src += QK_K) {
+		float scale[16], amax_s = 0, max_s = 0;
+		for (int k = 0; k < 16; k++) {
+			float amax = 0, max = 0;
+			for (int l = 0; l < 16; l++)
+				if (fabsf(src[16 * k + l]) > amax) {
+					amax = fabsf(src[16 * k + l]);
+					max = src[16 * k + l];
+				}
+			scale[k] = max / -32.0f;
+			if (fabsf(scale[k]) > amax_s) {
+				amax_s = fabsf(scale[k]);
+				max_s = scale[k];
+			}
+		}
+		block_q6_k b;
+		memset(&b, 0, sizeof(b));
+		float d = max_s / -128.0f;
+		b.d = half_f32_to_f16(d);
+		d = f16(b.d);
+		int q[QK_K];
+		for (int k = 0; k < 16; k++) {
+			b.scales[k] = (int8_t)(d != 0 ? round_even_clamp(scale[k] / d, -128, 127) : 0);
+			float ds = d * (float)b.scales[k];
+			for (int l = 0; l < 16; l++)
+				q[16 * k + l] = ds != 0 ? round_even_clamp(src[16 * k + l] / ds, -32, 31) + 32 : 32;
+		}
+		for (int h = 0; h < 2; h++) /* the layout unpack_q6_k reads */
+			for (int k = 0; k < 4; k++)
+				for (int l = 0; l < 32; l++) {
+					int v = q[128 * h + 32 * k + l];
+					uint8_t *lo = &b.ql[64 * h + l + 32 * (k & 1)];
+					*lo |= (uint8_t)(k < 2 ? v & 15 : (v & 15) << 4);
+					b.qh[32 * h + l] |= (uint8_t)((v >> 4) << (2 * k));
+				}
+		memcpy(p + i * sizeof(b), &b, sizeof(b));
+	}
+}
+
 /* ---- vec_dot --------------------------------------------------------------- */
 
 static float vec_dot_f32(int64_t n, const void *vx, const void *vy)
@@ -708,6 +811,8 @@ void kern_ref_fill_quants(kern_table *t)
 	t->from_float[QTYPE_Q8_1] = from_float_q8_1;
 	t->from_float[QTYPE_Q8_K] = from_float_q8_k;
 	t->from_float[QTYPE_Q4_0] = from_float_q4_0;
+	t->from_float[QTYPE_Q4_K] = from_float_q4_k;
+	t->from_float[QTYPE_Q6_K] = from_float_q6_k;
 
 	t->vec_dot[QTYPE_F32] = vec_dot_f32;
 	t->vec_dot[QTYPE_F16] = vec_dot_f16;
