@@ -29,7 +29,7 @@
 # /tmp/models/syn110m-q8_0.gguf, made by ../shared/tools/make_synthetic_gguf.py
 # when absent), DOC (default docs/BENCHMARKS.md), IMG (default docs/bench),
 # RES (raw results: JSONL, logs, per-run plot data; default a new /tmp dir),
-# SCALE (run length factor, default 1).
+# SCALE (run length factor, default 1), CONFIGS (default "A B C-tcp C-shm").
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,13 +47,13 @@ POOL=32768            # KV tokens per server
 CHUNK=256             # B's prefill chunk
 NOCHUNK=4096          # A: one chunk holds any prompt here
 MIX_SECONDS=75        # mixed workload length
-CHAT_RATE=0.4         # chat requests/s in the mixed workload
-LONG_RATE=0.05        # long-prompt requests/s in the mixed workload
-PROFILE_SECONDS=40
-SWEEP_SECONDS=40
-SWEEP_RATES="0.15 0.6"   # plus 0.3: the balanced profile run
-SLO_TTFT_MS=3000      # goodput SLO
-SLO_TPOT_MS=100
+CHAT_RATE=1.0         # chat requests/s in the mixed workload
+LONG_RATE=0.1         # long-prompt requests/s in the mixed workload
+PROFILE_SECONDS=30
+SWEEP_SECONDS=30
+SWEEP_RATES="0.5 2 3"  # plus 1: the balanced profile run
+SLO_TTFT_MS=2000      # goodput SLO: interactive chat on a 2-core machine
+SLO_TPOT_MS=60
 BENCH_TIMEOUT=600
 
 [ -x "$BIN" ] || { echo "pd_vs_unified: $BIN missing (make first, or set PDSERVE_BIN)" >&2; exit 1; }
@@ -138,7 +138,7 @@ bench() {
 	local tag=$1 f=${1//\//_}
 	shift
 	"$BIN" bench serving --base-url "$URL" --backend sglang --tokenizer "$MODEL" --dataset-name random \
-		--disable-tqdm --warmup-requests 1 --timeout "$BENCH_TIMEOUT" --slo-ttft-ms "$SLO_TTFT_MS" \
+		--disable-tqdm --warmup-requests 1 --flush-cache --timeout "$BENCH_TIMEOUT" --slo-ttft-ms "$SLO_TTFT_MS" \
 		--slo-tpot-ms "$SLO_TPOT_MS" --output-file "$RESULTS" --tag "$tag" --plot "$RES/plots/$f" "$@" \
 		>"$RES/logs/$f.txt" 2>&1 || { tail -30 "$RES/logs/$f.txt" >&2; echo "pd_vs_unified: run $tag failed" >&2; exit 1; }
 	grep -E "^(Successful|Failed) requests|^Output token throughput|^Median TTFT|^P99 TTFT|^Median TPOT|^P99 TPOT|^P99 ITL|^Max ITL" \
@@ -162,11 +162,11 @@ run_config() {
 	wait "$chat"
 	# the three ratio profiles
 	bench "profile/$c/short-in-long-out" --random-input-len 64 --random-output-len 256 --random-range-ratio 0.5 \
-		--request-rate 0.4 --num-prompts "$(n_for 0.4 $PROFILE_SECONDS)" --seed 21
+		--request-rate 1.2 --num-prompts "$(n_for 1.2 $PROFILE_SECONDS)" --seed 21
 	bench "profile/$c/long-in-short-out" --random-input-len 1024 --random-output-len 16 --random-range-ratio 0.5 \
-		--request-rate 0.2 --num-prompts "$(n_for 0.2 $PROFILE_SECONDS)" --seed 22
+		--request-rate 1 --num-prompts "$(n_for 1 $PROFILE_SECONDS)" --seed 22
 	bench "profile/$c/balanced" --random-input-len 512 --random-output-len 128 --random-range-ratio 0.5 \
-		--request-rate 0.3 --num-prompts "$(n_for 0.3 $PROFILE_SECONDS)" --seed 23
+		--request-rate 1 --num-prompts "$(n_for 1 $PROFILE_SECONDS)" --seed 23
 	if [ "$c" = A ] || [ "$c" = C-tcp ]; then
 		for r in $SWEEP_RATES; do
 			bench "sweep/$c/$r" --random-input-len 512 --random-output-len 128 --random-range-ratio 0.5 \
@@ -217,7 +217,7 @@ capacity() {
 }
 
 capacity
-for c in A B C-tcp C-shm; do run_config "$c"; done
+for c in ${CONFIGS:-A B C-tcp C-shm}; do run_config "$c"; done
 ELAPSED=$((SECONDS - T0))
 echo "== report ($ELAPSED s)"
 
@@ -242,7 +242,7 @@ def f(x, nd=1):
 def row(tag, label):
     r = runs.get(tag)
     if not r:
-        return f"| {label} | (missing) |" + " |" * 9
+        return f"| {label} | (missing) |" + " |" * 8
     return (f"| {label} | {r['completed']}/{r['num_prompts']} | {f(r['median_ttft_ms'], 0)} | {f(r['p99_ttft_ms'], 0)} | "
             f"{f(r['median_tpot_ms'])} | {f(r['p99_tpot_ms'])} | {f(r['p99_itl_ms'])} | {f(r['max_itl_ms'], 0)} | "
             f"{f(r['output_throughput'])} | {f(r['request_goodput'], 2)} ({f(100 * r['slo_attainment'], 0)}%) |")
@@ -344,9 +344,9 @@ with open(summary_path, "w") as out:
     out.write("### Capacity of this machine\n\n" + capacity_table() + "\n\n")
     out.write("### Mixed: chat stream (decode-heavy)\n\n" + table("mixed/CFG/chat") + "\n\n")
     out.write("### Mixed: long-prompt stream\n\n" + table("mixed/CFG/long") + "\n\n")
-    for p, title in [("short-in-long-out", "short in, long out (32-64 -> 128-256 tokens, 0.4 req/s)"),
-                     ("long-in-short-out", "long in, short out (512-1024 -> 8-16 tokens, 0.2 req/s)"),
-                     ("balanced", "balanced (256-512 -> 64-128 tokens, 0.3 req/s)")]:
+    for p, title in [("short-in-long-out", "short in, long out (32-64 -> 128-256 tokens, 1.2 req/s)"),
+                     ("long-in-short-out", "long in, short out (512-1024 -> 8-16 tokens, 1 req/s)"),
+                     ("balanced", "balanced (256-512 -> 64-128 tokens, 1 req/s)")]:
         out.write(f"### Profile: {title}\n\n" + table(f"profile/CFG/{p}") + "\n\n")
     out.write("### Rate sweep (balanced)\n\n" + sweep_table() + "\n\n")
     for name, alt in [("mixed_tpot_cdf.png", "TPOT CDF"), ("mixed_ttft_cdf.png", "TTFT CDF"),
