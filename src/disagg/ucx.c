@@ -140,6 +140,12 @@ static int check_devices(const char *list, char *devs, size_t cap, char *err)
 ucx *ucx_create(const char *ib_devices, char err[ERR_LEN])
 {
 	char devs[512] = "";
+	/* UCX's TCP transport emulates a put with 8 KiB messages by default,
+	   which caps KV transfer near a fifth of a plain TCP stream; 1 MiB
+	   segments measured 60-78% (bench transfer). The environment wins. */
+	setenv("UCX_TCP_TX_SEG_SIZE", "1M", 0);
+	setenv("UCX_TCP_RX_SEG_SIZE", "1M", 0);
+	setenv("UCX_WARN_UNUSED_ENV_VARS", "n", 0); /* those two when UCX_TLS has no tcp */
 	if (ib_devices && *ib_devices && check_devices(ib_devices, devs, sizeof(devs), err) < 0)
 		return NULL;
 	ucx *u = alloc_zeroed(1, sizeof(*u));

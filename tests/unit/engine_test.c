@@ -158,9 +158,11 @@ static int make_prompt(int seed, int len, int32_t *out)
 static void assert_stats_idle(engine *e)
 {
 	engine_stats s;
-	for (int i = 0; i < 100; i++) {
+	/* export references come back asynchronously (engine_release_pages):
+	   wait for the pages too, not only for the request counts */
+	for (int i = 0; i < 300; i++) {
 		engine_get_stats(e, &s);
-		if (s.running == 0 && s.waiting == 0)
+		if (s.running == 0 && s.waiting == 0 && s.pages_free + s.pages_cached == s.pages_total)
 			break;
 		struct timespec ts = { 0, 10 * 1000000 };
 		nanosleep(&ts, NULL);
