@@ -11,21 +11,28 @@
  *    ((d_x * d_y) * isum added block after block, the min terms summed
  *    apart). So every output is bit-identical to the reference vec_dot, and
  *    hence to any other tiling (batch invariance for free).
- *      GEMV (n_tok < GEMM_MIN_TOK): 8 weight rows at a time, read straight
- *      from the mapped file. Each row's codes become unsigned bytes (Q8_0:
- *      w ^ 0x80; Q4/Q5/Q6: the stored 4/5/6-bit codes), vpdpbusd against the
- *      signed activation codes gives 8 lanes of partial sums per row, and a
- *      transpose-add tree turns 8 rows x 8 lanes into one vector of 8 row
- *      sums. The code offset (128, 8, 16, 32) is taken back with the
- *      activation block's code sum: sum (u - off) a = sum u a - off sum a.
+ *      GEMV (n_tok < GEMM_MIN_TOK, passes of up to 4 tokens): 8 weight rows
+ *      at a time, read straight from the mapped file. A row's codes become
+ *      unsigned bytes (Q8_0: w ^ 0x80; Q4/Q5/Q6: the stored 4/5/6-bit codes),
+ *      two 32-element blocks per 512-bit vector; vpdpbusd against the signed
+ *      activation codes gives 8 lanes of partial sums per (row, block), and a
+ *      transpose-add tree turns 8 rows x 2 blocks x 8 lanes into one vector
+ *      of 16 exact sums. The code offset (128, 8, 16, 32) is taken back with
+ *      the activation block's code sum: sum (u - off) a = sum u a - off sum a.
+ *      K-quant sub-block scales multiply the 8-lane partial sums with
+ *      vpdpwssd (the sums fit 16 bits). The rows of a tile are 8 short
+ *      streams the hardware prefetcher follows poorly, so the next tile's
+ *      bytes are prefetched into L2 one tile ahead (2x on 768-wide rows).
  *      GEMM (n_tok >= GEMM_MIN_TOK): activations are re-laid out for groups
  *      of 16 tokens, 4 consecutive codes of one token in each dword lane, as
  *      unsigned bytes (a + 128). A panel of 8 weight rows x KC elements is
  *      unpacked once into signed codes plus per-block scales and the
  *      correction -128 sum(codes); then for every token group each weight
- *      dword is broadcast straight from the panel into vpdpbusd, so one
- *      instruction does 4 multiply-adds for each of 16 tokens, and the
- *      16-lane result is already one token per lane: no horizontal sums.
+ *      dword is broadcast straight from the panel into vpdpbusd ({1to16}
+ *      memory operand), so one instruction does 4 multiply-adds for each of
+ *      16 tokens, and the 16-lane result is already one token per lane: no
+ *      horizontal sums. Results leave through an 8 x 16 register transpose
+ *      (scatters are microcoded on Zen 4 and cost 40% of the time).
  *  - F32/F16/BF16 matmul: 16 f32 lanes per output, one fused multiply-add
  *    (vdpbf16ps for BF16) per 16 (32) elements in index order, a fixed
  *    reduction at the end; the tile (rows x tokens) only decides which
@@ -35,16 +42,23 @@
  *  - rmsnorm (squares summed in double, like the reference), swiglu and
  *    softmax (a polynomial expf within 2 ulp), rope (bit-exact: the same
  *    products and sums, no FMA), paged attention (online softmax over
- *    chunks of 16 positions; see kernels.h).
+ *    chunks of 16 positions for a block of tokens x heads sharing K/V rows,
+ *    scores by FMA and a transpose-add tree; see kernels.h).
+ *
+ * Measured on Zen 4 (bench/kernels.c, one core): GEMM ~290 GOP/s of the
+ * 470 GOP/s vpdpbusd peak; GEMV ~68 GOP/s in cache, i.e. 36 GB/s of Q8_0
+ * and 19 GB/s of Q4_0 weights: above one core's DRAM bandwidth for Q8_0, at
+ * it for Q4_0 (shuffle-port bound: the tree and the scale gather).
  *
  * Invariants: nothing allocates; panels and accumulators live on the stack
  * (under 64 KiB); every load of a weight or activation row stays inside its
- * row (tails use masks).
+ * row (tails use masks); prefetches may point past a row (they never fault).
  *
  * Left out: IQ types and Q2_K/Q3_K (not supported anywhere), to_float
  * (dequantization is only used for embedding rows), weight repacking at load
  * time (the panel is rebuilt per call instead, which costs little because it
- * is amortized over 16-token groups).
+ * is amortized over 16-token groups; for a single group, batched decode, it
+ * is about half the work).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -854,28 +868,28 @@ typedef struct {
 	float dmin[KC / QK_K][GR];
 } panel;
 
-INLINE int32_t hsum_u8(__m256i u)
-{
-	__m256i s = _mm256_sad_epu8(u, _mm256_setzero_si256());
-	__m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-	return (int32_t)(_mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1));
-}
-
 INLINE void unpack32(panel *P, const uint8_t *const row[GR], size_t rs, int64_t b0, int nbk, int bs, ufn U,
 		     int off, int has_m)
 {
 	for (int r = 0; r < GR; r++)
 		for (int bl = 0; bl < nbk; bl++) {
 			const uint8_t *blk = row[r] + (b0 + bl) * bs;
-			if (!(bl & 1)) /* the next tile's rows, one tile ahead (see gemv32_tile) */
-				_mm_prefetch((const char *)blk + GR * rs, _MM_HINT_T1);
-			__m256i u = U(blk);
-			_mm256_store_si256((__m256i *)(P->codes[r] + 32 * bl), _mm256_sub_epi8(u, _mm256_set1_epi8((char)off)));
-			P->corr[bl][r] = -128 * (hsum_u8(u) - 32 * off);
+			_mm256_store_si256((__m256i *)(P->codes[r] + 32 * bl), _mm256_sub_epi8(U(blk), _mm256_set1_epi8((char)off)));
 			P->d[bl][r] = f16_to_f32(ld16(blk));
 			if (has_m)
 				P->m[bl][r] = f16_to_f32(ld16(blk + 2));
 		}
+	/* corr = -128 * sum of a block's signed codes, 8 rows at once: lane sums
+	   by vpdpbusd with ones, then the transpose-add tree */
+	const __m512i ones = _mm512_set1_epi8(1);
+	for (int bl = 0; bl < nbk; bl++) {
+		__m256i s[GR];
+#pragma GCC unroll 8
+		for (int r = 0; r < GR; r++)
+			s[r] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm512_castsi512_si256(ones),
+						   _mm256_load_si256((const __m256i *)(P->codes[r] + 32 * bl)));
+		_mm256_store_si256((__m256i *)P->corr[bl], _mm256_slli_epi32(_mm256_sub_epi32(_mm256_setzero_si256(), tree8(s)), 7));
+	}
 }
 
 INLINE void unpackk(panel *P, const uint8_t *const row[GR], size_t rs, int64_t sb0, int nsbk, int kt)
@@ -885,8 +899,6 @@ INLINE void unpackk(panel *P, const uint8_t *const row[GR], size_t rs, int64_t s
 	for (int r = 0; r < GR; r++)
 		for (int sl = 0; sl < nsbk; sl++) {
 			const uint8_t *blk = row[r] + (sb0 + sl) * bs;
-			for (int k = 0; k < bs; k += 64)
-				_mm_prefetch((const char *)blk + GR * rs + k, _MM_HINT_T1);
 			__m512i s32, tot = _mm512_setzero_si512();
 			if (kt != KT_Q6) {
 				__m128i sm = k_scales(blk + 4);
@@ -919,7 +931,10 @@ INLINE void unpackk(panel *P, const uint8_t *const row[GR], size_t rs, int64_t s
 }
 
 /* One token group, one chunk of 32-element blocks: acc[r] lanes = tokens. */
-INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg, float *accmg, int has_m)
+/* pf: the same chunk of the next tile's rows (prefetched into L2 while this
+   group computes, spread over its blocks), or NULL. */
+INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg, float *accmg, int has_m,
+			 const uint8_t *const *pf, int bs)
 {
 	__m512 acc[GR];
 #pragma GCC unroll 8
@@ -927,6 +942,10 @@ INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg,
 		acc[r] = _mm512_load_ps(accg + 16 * r);
 	for (int bl = 0; bl < nbk; bl++) {
 		const uint8_t *B = A + (size_t)bl * BLK8;
+		if (pf)
+#pragma GCC unroll 8
+			for (int r = 0; r < GR; r++)
+				_mm_prefetch((const char *)pf[r] + (size_t)bl * bs, _MM_HINT_T1);
 		__m512i a[8];
 #pragma GCC unroll 8
 		for (int k = 0; k < 8; k++)
@@ -966,11 +985,16 @@ INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg,
 		_mm512_store_ps(accmg + 16 * r, acc[r]);
 }
 
-INLINE void gemmk_group(const panel *P, int nsbk, int kt, const uint8_t *A, float *accg, float *accmg)
+INLINE void gemmk_group(const panel *P, int nsbk, int kt, const uint8_t *A, float *accg, float *accmg,
+			const uint8_t *const *pf)
 {
-	const int nsub = kt == KT_Q6 ? 16 : 8, dws = kt == KT_Q6 ? 4 : 8;
+	const int nsub = kt == KT_Q6 ? 16 : 8, dws = kt == KT_Q6 ? 4 : 8, bs = k_bs(kt);
 	for (int sl = 0; sl < nsbk; sl++) {
 		const uint8_t *B = A + (size_t)sl * BLKK;
+		if (pf)
+			for (int r = 0; r < GR; r++)
+				for (int k = 0; k < bs; k += 64)
+					_mm_prefetch((const char *)pf[r] + (size_t)sl * bs + k, _MM_HINT_T1);
 		__m512i is[GR];
 #pragma GCC unroll 8
 		for (int r = 0; r < GR; r++)
@@ -1095,12 +1119,16 @@ INLINE void gemm_tiles(const kern_weight *w, const uint8_t *act, int64_t n_tok, 
 					unpackk(&P, row, rs, b0, nbk, kt);
 				else
 					unpack32(&P, row, rs, b0, nbk, bs, U, off, has_m);
+				/* the next tile's chunk, prefetched during the first group */
+				const uint8_t *pf[GR];
+				for (int r = 0; r < GR; r++)
+					pf[r] = row[r] + GR * rs + (size_t)b0 * (kind ? k_bs(kt) : bs);
 				for (int gi = 0; gi < ngb; gi++) {
 					const uint8_t *A = act + (size_t)(gb0 + gi) * gs + (size_t)b0 * (kind ? BLKK : BLK8);
 					if (kind)
-						gemmk_group(&P, nbk, kt, A, accbuf[gi][0], accmbuf[gi][0]);
+						gemmk_group(&P, nbk, kt, A, accbuf[gi][0], accmbuf[gi][0], gi ? NULL : pf);
 					else
-						gemm32_group(&P, nbk, A, accbuf[gi][0], accmbuf[gi][0], has_m);
+						gemm32_group(&P, nbk, A, accbuf[gi][0], accmbuf[gi][0], has_m, gi ? NULL : pf, bs);
 				}
 			}
 			for (int gi = 0; gi < ngb; gi++)
