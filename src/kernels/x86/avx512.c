@@ -537,9 +537,8 @@ INLINE __m512i nib2(const uint8_t *p, int bs, int qoff, int one)
 	__m256i hi = one ? _mm256_setzero_si256()
 			 : _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + bs + qoff)));
 	__m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-	const __m512i cnt = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0, 0, 0x0004000400040004,
-					     0x0004000400040004, 0, 0);
-	return _mm512_and_si512(_mm512_srlv_epi16(v, cnt), _mm512_set1_epi8(15));
+	/* high 16 bytes of each 32: the high nibbles (shift only those words) */
+	return _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xff00ff00, v, 4), _mm512_set1_epi8(15));
 }
 
 /* bit i of qh_b -> 0x10 in byte i, bit i of qh_b1 -> byte 32 + i */
