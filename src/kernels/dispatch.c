@@ -19,7 +19,9 @@
  * Left out: per-op selection (one implementation wins for the whole table)
  * and re-initialisation (the choice is fixed for the process).
  */
+#include <cpuid.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,19 +40,39 @@ typedef struct {
 	void (*fill)(kern_table *t);  /* overwrite the entries it provides */
 } impl_desc;
 
+/* CPU features from cpuid (leaf 1, leaf 7 subleaves 0 and 1) and the OS's
+   saved-state mask (xgetbv): the same test with gcc and clang (clang 14's
+   __builtin_cpu_supports knows neither "f16c" nor "avx512bf16"). */
+static uint64_t xgetbv0(void)
+{
+	uint32_t lo, hi;
+	__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	return (uint64_t)hi << 32 | lo;
+}
+
 static int cpu_has_avx2(void)
 {
-	__builtin_cpu_init();
-	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-	       __builtin_cpu_supports("f16c");
+	unsigned a, b, c, d;
+	if (!__get_cpuid(1, &a, &b, &c, &d))
+		return 0;
+	int fma = c >> 12 & 1, osxsave = c >> 27 & 1, f16c = c >> 29 & 1;
+	if (!osxsave || (xgetbv0() & 0x6) != 0x6) /* XMM and YMM state enabled */
+		return 0;
+	if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+		return 0;
+	return fma && f16c && (b >> 5 & 1);
 }
 
 static int cpu_has_avx512(void)
 {
-	__builtin_cpu_init();
-	return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-	       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-	       __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+	unsigned a, b, c, d, a1, b1, c1, d1;
+	if (!cpu_has_avx2() || (xgetbv0() & 0xe6) != 0xe6) /* + opmask and ZMM state */
+		return 0;
+	if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1))
+		return 0;
+	int f = b >> 16 & 1, dq = b >> 17 & 1, bw = b >> 30 & 1, vl = b >> 31 & 1, vnni = c >> 11 & 1;
+	int bf16 = a1 >> 5 & 1;
+	return f && dq && bw && vl && vnni && bf16;
 }
 
 /* Fastest first. */
