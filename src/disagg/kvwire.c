@@ -149,8 +149,10 @@ int kvw_shm_attach_decode(const uint8_t *p, size_t len, kvw_shm_attach *a, char 
 	a->layer_bytes = get64(p + 8);
 	a->page_bytes = get64(p + 16);
 	a->n_pages = get32(p + 24);
-	if (!a->page_bytes || !a->n_pages || a->page_bytes * a->n_pages != a->layer_bytes ||
-	    a->layer_bytes > a->pool_bytes || a->pool_bytes % a->layer_bytes)
+	uint64_t layer;
+	if (!a->page_bytes || !a->n_pages || __builtin_mul_overflow(a->page_bytes, (uint64_t)a->n_pages, &layer) ||
+	    layer != a->layer_bytes || !a->layer_bytes || a->layer_bytes > a->pool_bytes ||
+	    a->pool_bytes % a->layer_bytes)
 		return err_set(err, ERR_PROTO, "SHM_ATTACH: inconsistent pool geometry");
 	return 0;
 }
