@@ -102,6 +102,8 @@ while os.path.exists(f"/proc/{me}"):
     prev = cur
     with open(out, "w") as f:
         f.write(f"{others:.1f} {time.time() - start:.1f}\n")
+    with open(out + ".timeline", "a") as f:
+        f.write(f"{time.time():.2f} {others:.2f}\n")
 EOF
 SAMPLER=$!
 
@@ -172,10 +174,13 @@ start_config() {
 bench() {
 	local tag=$1 f=${1//\//_}
 	shift
+	local t0
+	t0=$(date +%s.%N)
 	"$BIN" bench serving --base-url "$URL" --backend sglang --tokenizer "$MODEL" --dataset-name random \
 		--disable-tqdm --warmup-requests 1 --flush-cache --timeout "$BENCH_TIMEOUT" --slo-ttft-ms "$SLO_TTFT_MS" \
 		--slo-tpot-ms "$SLO_TPOT_MS" --output-file "$RESULTS" --tag "$tag" --plot "$RES/plots/$f" "$@" \
 		>"$RES/logs/$f.txt" 2>&1 || { tail -30 "$RES/logs/$f.txt" >&2; echo "pd_vs_unified: run $tag failed" >&2; exit 1; }
+	echo "$tag $t0 $(date +%s.%N)" >>"$RES/times.txt"
 	grep -E "^(Successful|Failed) requests|^Output token throughput|^Median TTFT|^P99 TTFT|^Median TPOT|^P99 TPOT|^P99 ITL|^Max ITL" \
 		"$RES/logs/$f.txt" | sed "s|^|  $tag: |"
 }
@@ -270,6 +275,30 @@ import json, os, shutil, subprocess, sys
 (results, res, doc, img, commit, cpu, elapsed, scale, slo_ttft, slo_tpot, chunk, nochunk,
  chat_rate, long_rate, mix_s, model, others) = sys.argv[1:]
 others_cpu, others_wall = (float(x) for x in others.split())
+timeline = []
+if os.path.exists(os.path.join(res, "others.txt.timeline")):
+    timeline = [tuple(map(float, l.split())) for l in open(os.path.join(res, "others.txt.timeline")) if l.strip()]
+times = {}
+if os.path.exists(os.path.join(res, "times.txt")):
+    for l in open(os.path.join(res, "times.txt")):
+        t, a, b = l.split()
+        times[t] = (float(a), float(b))
+
+def other_load(tag):
+    """Cores other processes used while this run ran (from the 2 s samples)."""
+    if tag not in times or len(timeline) < 2:
+        return None
+    a, b = times[tag]
+    def cum(t):  # others' CPU-s at time t, interpolated
+        prev = timeline[0]
+        for cur in timeline:
+            if cur[0] >= t:
+                if cur[0] == prev[0]:
+                    return cur[1]
+                return prev[1] + (cur[1] - prev[1]) * (t - prev[0]) / (cur[0] - prev[0])
+            prev = cur
+        return timeline[-1][1]
+    return (cum(b) - cum(a)) / (b - a) if b > a else None
 runs = {}
 for line in open(results):
     r = json.loads(line)
@@ -283,13 +312,13 @@ def f(x, nd=1):
 def row(tag, label):
     r = runs.get(tag)
     if not r:
-        return f"| {label} | (missing) |" + " |" * 8
+        return f"| {label} | (missing) |" + " |" * 9
     return (f"| {label} | {r['completed']}/{r['num_prompts']} | {f(r['median_ttft_ms'], 0)} | {f(r['p99_ttft_ms'], 0)} | "
             f"{f(r['median_tpot_ms'])} | {f(r['p99_tpot_ms'])} | {f(r['p99_itl_ms'])} | {f(r['max_itl_ms'], 0)} | "
-            f"{f(r['output_throughput'])} | {f(r['request_goodput'], 2)} ({f(100 * r['slo_attainment'], 0)}%) |")
+            f"{f(r['output_throughput'])} | {f(r['request_goodput'], 2)} ({f(100 * r['slo_attainment'], 0)}%) | {f(other_load(tag), 2)} |")
 
 HEAD = ("| config | done | TTFT p50 (ms) | TTFT p99 (ms) | TPOT p50 (ms) | TPOT p99 (ms) | ITL p99 (ms) | ITL max (ms) "
-        "| output tok/s | goodput req/s (attainment) |\n|---|---|---|---|---|---|---|---|---|---|")
+        "| output tok/s | goodput req/s (attainment) | other load (cores) |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 def table(prefix):
     return HEAD + "\n" + "\n".join(row(f"{prefix}/{c}" if "/" not in prefix else prefix.replace("CFG", c), NAMES[c])
@@ -356,7 +385,8 @@ def sweep_table():
         for c in sorted(sweep):
             r = dict(sweep[c]).get(rate)
             cells.append("-" if r is None else
-                         f"{100 * r['slo_attainment']:.0f}%, {r['p99_ttft_ms']:.0f} ms, {r['p99_tpot_ms']:.1f} ms")
+                         f"{100 * r['slo_attainment']:.0f}%, {r['p99_ttft_ms']:.0f} ms, {r['p99_tpot_ms']:.1f} ms "
+                         f"(other load {f(other_load(r['tag']), 2)})")
         out.append(f"| {rate:g} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -368,15 +398,18 @@ def capacity_table():
     def g(tag, k):
         r = runs.get(tag)
         return None if not r else r[k]
-    out = ["| server | prefill 1024 tokens: TTFT (ms) | prefill tok/s | decode, 1 stream: TPOT (ms) | decode, 16 streams: TPOT (ms), output tok/s |",
-           "|---|---|---|---|---|"]
+    out = ["| server | prefill 1024 tokens: TTFT (ms) | prefill tok/s | decode, 1 stream: TPOT (ms) | decode, 16 streams: TPOT (ms), output tok/s | other load (cores) |",
+           "|---|---|---|---|---|---|"]
     for u, label in [("U2", "unified, 2 threads (cores 0-1)"), ("U1", "unified, 1 thread (core 0)")]:
         t = g(f"capacity/{u}/prefill1024", "mean_ttft_ms")
+        loads = [other_load(f"capacity/{u}/{k}") for k in ("prefill1024", "decode1", "decode16")]
         out.append(f"| {label} | {f(t, 0)} | {f(1024e3 / t if t else None, 0)} | {f(g(f'capacity/{u}/decode1', 'mean_tpot_ms'))} | "
-                   f"{f(g(f'capacity/{u}/decode16', 'mean_tpot_ms'))}, {f(g(f'capacity/{u}/decode16', 'output_throughput'), 0)} |")
+                   f"{f(g(f'capacity/{u}/decode16', 'mean_tpot_ms'))}, {f(g(f'capacity/{u}/decode16', 'output_throughput'), 0)} | "
+                   + " / ".join(f(x, 2) for x in loads) + " |")
     for k in ("core0", "core1"):
         t = g(f"capacity/U1+U1/prefill1024-{k}", "mean_ttft_ms")
-        out.append(f"| two 1-thread servers at once: the one on {k} | {f(t, 0)} | {f(1024e3 / t if t else None, 0)} | | |")
+        out.append(f"| two 1-thread servers at once: the one on {k} | {f(t, 0)} | {f(1024e3 / t if t else None, 0)} | | | "
+                   f"{f(other_load(f'capacity/U1+U1/prefill1024-{k}'), 2)} |")
     return "\n".join(out)
 
 summary_path = os.path.join(res, "summary.md")
