@@ -718,7 +718,9 @@ INLINE __m512i u_q6_k(const uint8_t *blk, int p)
 	const int h = p >> 1, hi = p & 1;
 	__m512i q = _mm512_loadu_si512((const void *)(blk + 64 * h));
 	__m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h)));
-	hb = _mm512_srlv_epi16(hb, hi ? cnt2(4, 6) : cnt2(0, 2));
+	if (hi)
+		hb = _mm512_srli_epi16(hb, 4);
+	hb = _mm512_mask_srli_epi16(hb, 0xffff0000, hb, 2); /* high half: the next 2 bits */
 	hb = _mm512_and_si512(_mm512_slli_epi16(hb, 4), _mm512_set1_epi8(0x30));
 	if (hi)
 		q = _mm512_srli_epi16(q, 4);
@@ -791,11 +793,13 @@ INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt
 				c[3] = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m15);
 				if (kt == KT_Q5) {
 					__m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
-					const __m512i one = _mm512_set1_epi8(1);
-					c[0] = _mm512_or_si512(c[0], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, cnt2(0, 2)), one), 4));
-					c[1] = _mm512_or_si512(c[1], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, cnt2(1, 3)), one), 4));
-					c[2] = _mm512_or_si512(c[2], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, cnt2(4, 6)), one), 4));
-					c[3] = _mm512_or_si512(c[3], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, cnt2(5, 7)), one), 4));
+					/* bit 4 of the codes: qh bits 0 2 | 1 3 | 4 6 | 5 7 (low | high half) */
+					__m512i h02 = _mm512_mask_srli_epi16(h, 0xffff0000, h, 2);
+					const __m512i b4 = _mm512_set1_epi8(16);
+					c[0] = _mm512_or_si512(c[0], _mm512_and_si512(_mm512_slli_epi16(h02, 4), b4));
+					c[1] = _mm512_or_si512(c[1], _mm512_and_si512(_mm512_slli_epi16(h02, 3), b4));
+					c[2] = _mm512_or_si512(c[2], _mm512_and_si512(h02, b4));
+					c[3] = _mm512_or_si512(c[3], _mm512_and_si512(_mm512_srli_epi16(h02, 1), b4));
 				}
 				scv[0] = scale_lanes(s16, IDX2(0, 2));
 				scv[1] = scale_lanes(s16, IDX2(1, 3));
