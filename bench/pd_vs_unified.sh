@@ -31,8 +31,10 @@
 # RES (raw results: JSONL, logs, per-run plot data; default a new /tmp dir),
 # SCALE (run length factor, default 1), CONFIGS (default "A B C-tcp C-shm"),
 # MEASURED_COMMIT (the commit the binary was built from, when it is not this
-# checkout's HEAD). Other processes' CPU use during the run is measured and
-# printed with the results: on a shared machine, read the numbers with it.
+# checkout's HEAD), QUIET_WAIT (default 60). Other processes' CPU use is
+# sampled every 2 s: each run first waits (up to QUIET_WAIT s) for a lull,
+# and every table shows the other load during each run, so on a shared
+# machine the numbers come with what bent them.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,6 +60,7 @@ SWEEP_RATES="0.5 2 3"  # plus 1: the balanced profile run
 SLO_TTFT_MS=2000      # goodput SLO: interactive chat on a 2-core machine
 SLO_TPOT_MS=60
 BENCH_TIMEOUT=600
+QUIET_WAIT=${QUIET_WAIT:-60} # per run, at most, for other processes to go quiet
 
 [ -x "$BIN" ] || { echo "pd_vs_unified: $BIN missing (make first, or set PDSERVE_BIN)" >&2; exit 1; }
 command -v python3 >/dev/null && command -v curl >/dev/null || { echo "pd_vs_unified: needs python3 and curl" >&2; exit 1; }
@@ -170,11 +173,28 @@ start_config() {
 	done
 }
 
+# Wait (at most QUIET_WAIT s) until other processes have used under 0.2
+# cores over the last ~6 s: on a shared machine, start each run in a lull.
+wait_quiet() {
+	local deadline=$((SECONDS + QUIET_WAIT)) load
+	while :; do
+		load=$( (tail -4 "$RES/others.txt.timeline" 2>/dev/null || true) |
+			awk 'NR == 1 { t = $1; c = $2 } { T = $1; C = $2 } END { print (NR > 1 && T > t) ? (C - c) / (T - t) : 0 }')
+		awk -v l="$load" 'BEGIN { exit !(l < 0.2) }' && return 0
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			echo "  (other processes still use $load cores; going ahead)"
+			return 0
+		fi
+		sleep 2
+	done
+}
+
 # bench TAG ARGS...: one client run; its JSON line goes to $RESULTS.
 bench() {
 	local tag=$1 f=${1//\//_}
 	shift
 	local t0
+	[ "${NO_WAIT:-0}" = 1 ] || wait_quiet
 	t0=$(date +%s.%N)
 	"$BIN" bench serving --base-url "$URL" --backend sglang --tokenizer "$MODEL" --dataset-name random \
 		--disable-tqdm --warmup-requests 1 --flush-cache --timeout "$BENCH_TIMEOUT" --slo-ttft-ms "$SLO_TTFT_MS" \
@@ -196,7 +216,7 @@ run_config() {
 		--request-rate "$CHAT_RATE" --num-prompts "$(n_for "$CHAT_RATE" $MIX_SECONDS)" --seed 11 &
 	local chat=$!
 	sleep 2 # the long stream starts once chats are decoding
-	bench "mixed/$c/long" --random-input-len 2048 --random-output-len 16 --random-range-ratio 0.5 \
+	NO_WAIT=1 bench "mixed/$c/long" --random-input-len 2048 --random-output-len 16 --random-range-ratio 0.5 \
 		--request-rate "$LONG_RATE" --num-prompts "$(n_for "$LONG_RATE" $MIX_SECONDS)" --seed 12 \
 		--warmup-requests 0
 	wait "$chat"
