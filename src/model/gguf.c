@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -52,6 +53,7 @@ struct gguf {
 	const uint8_t *base;
 	size_t size;
 	int mapped;
+	size_t map_len; /* of the mapping, when mapped */
 	uint32_t version;
 	size_t alignment;
 	size_t header_bytes; /* magic .. end of the tensor table */
@@ -436,18 +438,19 @@ static int parse(gguf *g, char *err)
 	return 0;
 }
 
-static gguf *open_common(const uint8_t *base, size_t size, int mapped, char *err)
+static gguf *open_common(const uint8_t *base, size_t size, int mapped, size_t map_len, char *err)
 {
 	gguf *g = alloc_zeroed(1, sizeof(*g));
 	if (!g) {
 		if (mapped)
-			munmap((void *)base, size);
+			munmap((void *)base, map_len);
 		err_set(err, ERR_NOMEM, "out of memory opening GGUF");
 		return NULL;
 	}
 	g->base = base;
 	g->size = size;
 	g->mapped = mapped;
+	g->map_len = map_len;
 	if (parse(g, err) < 0) {
 		gguf_close(g);
 		return NULL;
@@ -457,10 +460,69 @@ static gguf *open_common(const uint8_t *base, size_t size, int mapped, char *err
 
 gguf *gguf_open_mem(const void *data, size_t size, char err[ERR_LEN])
 {
-	return open_common(data, size, 0, err);
+	return open_common(data, size, 0, size, err);
 }
 
-gguf *gguf_open(const char *path, char err[ERR_LEN])
+/* Transparent huge pages can back anonymous memory here: THP is "always" or
+   "madvise" (not "[never]"). */
+static int thp_available(void)
+{
+	char buf[128] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	return strstr(buf, "[never]") == NULL && n > 0;
+}
+
+/* Weights in huge pages (the default where THP is available; PDSERVE_WEIGHTS
+   =mmap maps the file instead, PDSERVE_WEIGHTS=huge insists): the file is
+   copied into anonymous memory advised MADV_HUGEPAGE. Page-cache pages of a
+   file mapping are 4 KiB, and a decode step streams every weight once, so
+   it pays a TLB miss per 4 KiB; measured on 110M Q8_0, 1 thread: 13% more
+   decode tokens/s. The cost: the copy is private to the process (two
+   servers on one host each hold one, where file mappings would share the
+   page cache) and the load reads the file once. Returns NULL when not used
+   or when anything fails (the caller then maps the file); *len gets the
+   mapping's length. */
+static void *huge_copy(int fd, size_t size, size_t *len, int want_huge)
+{
+	if (!want_huge)
+		return NULL;
+	const char *mode = getenv("PDSERVE_WEIGHTS");
+	if (mode && strcmp(mode, "mmap") == 0)
+		return NULL;
+	if (!(mode && strcmp(mode, "huge") == 0) && !thp_available())
+		return NULL;
+	const size_t huge = (size_t)2 << 20;
+	size_t want = (size + huge - 1) & ~(huge - 1);
+	uint8_t *raw = mmap(NULL, want + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		return NULL;
+	uint8_t *p = (uint8_t *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+	if (p > raw)
+		munmap(raw, (size_t)(p - raw));
+	if (p + want < raw + want + huge)
+		munmap(p + want, (size_t)(raw + want + huge - (p + want)));
+	madvise(p, want, MADV_HUGEPAGE);
+	for (size_t off = 0; off < size;) {
+		ssize_t n = pread(fd, p + off, size - off, (off_t)off);
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			munmap(p, want);
+			return NULL;
+		}
+		off += (size_t)n;
+	}
+	mprotect(p, want, PROT_READ);
+	*len = want;
+	return p;
+}
+
+static gguf *open_path(const char *path, int want_huge, char err[ERR_LEN])
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
@@ -479,17 +541,30 @@ gguf *gguf_open(const char *path, char err[ERR_LEN])
 		err_set(err, ERR_FORMAT, "%s: empty file", path);
 		return NULL;
 	}
-	void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+	size_t map_len = size;
+	void *p = huge_copy(fd, size, &map_len, want_huge);
+	if (!p)
+		p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
 	close(fd);
 	if (p == MAP_FAILED) {
 		err_set(err, ERR_IO, "%s: mmap: %s", path, strerror(errno));
 		return NULL;
 	}
 	char inner[ERR_LEN];
-	gguf *g = open_common(p, size, 1, inner);
+	gguf *g = open_common(p, size, 1, map_len, inner);
 	if (!g)
 		err_set(err, ERR_FORMAT, "%s: %s", path, inner);
 	return g;
+}
+
+gguf *gguf_open(const char *path, char err[ERR_LEN])
+{
+	return open_path(path, 0, err);
+}
+
+gguf *gguf_open_weights(const char *path, char err[ERR_LEN])
+{
+	return open_path(path, 1, err);
 }
 
 void gguf_close(gguf *g)
@@ -507,7 +582,7 @@ void gguf_close(gguf *g)
 	alloc_free(g->kv_hash);
 	alloc_free(g->t_hash);
 	if (g->mapped)
-		munmap((void *)g->base, g->size);
+		munmap((void *)g->base, g->map_len);
 	alloc_free(g);
 }
 

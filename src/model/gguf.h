@@ -63,6 +63,9 @@ typedef struct gguf gguf;
 
 /* Open and validate path. NULL on failure with one sentence in err. */
 gguf *gguf_open(const char *path, char err[ERR_LEN]);
+/* The same for a model about to run: the bytes go into huge pages where the
+   OS allows (see huge_copy in gguf.c; PDSERVE_WEIGHTS=mmap|huge). */
+gguf *gguf_open_weights(const char *path, char err[ERR_LEN]);
 /* Same over a caller's buffer (borrowed; must outlive the gguf). For tests and fuzzing. */
 gguf *gguf_open_mem(const void *data, size_t size, char err[ERR_LEN]);
 void gguf_close(gguf *g); /* NULL is fine */

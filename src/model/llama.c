@@ -292,7 +292,7 @@ llama_model *llama_model_load(const char *path, char err[ERR_LEN])
 		err_set(err, ERR_NOMEM, "out of memory loading %s", path);
 		return NULL;
 	}
-	m->g = gguf_open(path, err);
+	m->g = gguf_open_weights(path, err);
 	if (!m->g)
 		goto fail;
 	const gguf *g = m->g;

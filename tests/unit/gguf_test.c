@@ -1378,3 +1378,56 @@ Test(gguf, real_file_truncated)
 	}
 	free(bytes);
 }
+
+/* gguf_open_weights: the same bytes in every mode; with huge pages the copy
+   is 2 MiB aligned; a bad file fails with the same error (and, under ASan,
+   nothing leaks through the copy's error paths). */
+Test(gguf, open_weights_modes)
+{
+	const char *path = test_shared("models/stories260K.gguf");
+	if (!path)
+		cr_skip_test("stories260K.gguf is not here");
+	char err[ERR_LEN];
+	gguf *ref = gguf_open(path, err);
+	cr_assert(ref, "%s", err);
+	const char *modes[] = { "mmap", "huge", NULL };
+	for (int m = 0; m < 3; m++) {
+		if (modes[m])
+			setenv("PDSERVE_WEIGHTS", modes[m], 1);
+		else
+			unsetenv("PDSERVE_WEIGHTS");
+		gguf *g = gguf_open_weights(path, err);
+		cr_assert(g, "%s: %s", modes[m] ? modes[m] : "default", err);
+		cr_assert_eq(gguf_n_tensors(g), gguf_n_tensors(ref));
+		for (int64_t i = 0; i < gguf_n_tensors(g); i++) {
+			const gguf_tensor *a = gguf_tensor_at(ref, i), *b = gguf_tensor_at(g, i);
+			cr_assert_eq(a->nbytes, b->nbytes);
+			cr_assert_eq(memcmp(a->data, b->data, a->nbytes), 0, "tensor %s differs", a->name);
+		}
+		if (modes[m] && !strcmp(modes[m], "huge")) {
+			const uint8_t *first = gguf_tensor_at(g, 0)->data;
+			cr_assert_eq(((uintptr_t)first - 14240) % ((uintptr_t)2 << 20), 0,
+				     "the copy starts on a 2 MiB boundary");
+		}
+		cr_assert_eq(gguf_fingerprint(g), gguf_fingerprint(ref));
+		gguf_close(g);
+	}
+	setenv("PDSERVE_WEIGHTS", "huge", 1);
+	cr_assert_null(gguf_open_weights("/nonexistent/x.gguf", err));
+	cr_assert(strstr(err, "/nonexistent/x.gguf"), "%s", err);
+	char tpath[] = "/tmp/gguf_weights_XXXXXX";
+	int fd = mkstemp(tpath);
+	cr_assert_geq(fd, 0);
+	size_t n;
+	char *bytes = test_read_file(path, &n);
+	cr_assert_eq(write(fd, bytes, 20000), 20000); /* header and a little data */
+	close(fd);
+	char err2[ERR_LEN];
+	gguf_close(gguf_open_weights(tpath, err));
+	unsetenv("PDSERVE_WEIGHTS");
+	cr_assert_null(gguf_open(tpath, err2));
+	cr_assert_str_eq(strstr(err, ":"), strstr(err2, ":"));
+	unlink(tpath);
+	free(bytes);
+	gguf_close(ref);
+}
