@@ -81,7 +81,7 @@ static void usage(FILE *f)
 		"  --check-args                   parse and validate the flags, print the resolved configuration,\n"
 		"                                 exit 0 (2 on a bad flag); starts nothing, loads no model\n"
 		"  accepted and ignored: --trust-remote-code --disable-cuda-graph --dtype --enable-metrics\n"
-		"    --log-requests --skip-server-warmup --random-seed --device --attention-backend\n"
+		"    --log-requests --skip-server-warmup --random-seed --device --base-gpu-id --attention-backend\n"
 		"    --sampling-backend --cuda-graph-max-bs --tokenizer-path --tokenizer-mode\n");
 }
 
@@ -146,6 +146,7 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		{ "dtype", required_argument, 0, O_IGN_ARG },
 		{ "random-seed", required_argument, 0, O_IGN_ARG },
 		{ "device", required_argument, 0, O_IGN_ARG },
+		{ "base-gpu-id", required_argument, 0, O_IGN_ARG },
 		{ "attention-backend", required_argument, 0, O_IGN_ARG },
 		{ "sampling-backend", required_argument, 0, O_IGN_ARG },
 		{ "cuda-graph-max-bs", required_argument, 0, O_IGN_ARG },
