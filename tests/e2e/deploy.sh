@@ -18,6 +18,10 @@
 # - broken copies fail: a misspelt flag in a compose file, a bad value in an
 #   env file, a misspelt flag in a unit, a router pointing at a port no
 #   server of the file listens on, a bad backend from the environment;
+# - the stacks serve: the commands of each compose file and of the units
+#   (fixed ports and router.env's 10.0.0.x addresses as written) run in a
+#   network namespace of our own, and one completion goes through each
+#   router (skipped where namespaces cannot be created);
 # - Dockerfile: debian:12 build stage, debian:12-slim runtime stage, a
 #   non-root USER, ENTRYPOINT pdserve (hadolint where installed);
 #   `docker compose config` where the client has compose; README names the
@@ -50,6 +54,10 @@ import yaml
 
 BIN, ROOT = sys.argv[1], sys.argv[2]
 problems = []
+# EMIT=FILE: also write "FILE<TAB>ARGS" per command that passed (ARGS
+# shell-quoted, without the binary), the model path replaced by $MODEL
+EMIT = open(os.environ["EMIT"], "w") if os.environ.get("EMIT") else None
+MODEL = os.environ.get("MODEL", "")
 
 def interpolate(s):
     """compose: ${VAR}, ${VAR:-default}, ${VAR-default}, $$ -> $"""
@@ -73,6 +81,9 @@ def check_args(where, argv):
         msg = [l for l in r.stderr.splitlines() if "pdserve" in l or "option" in l]
         problems.append("%s: exit %d: %s" % (where, r.returncode, " / ".join(msg) or r.stderr.strip()))
         return None
+    if EMIT:
+        args = [MODEL if i and argv[i - 1] == "--model-path" else a for i, a in enumerate(argv)]
+        EMIT.write("%s\t%s\n" % (where.split(" ")[0].split(":")[0], shlex.join(args[1:])))
     cfg = {"workers": []}
     for line in r.stdout.splitlines():
         k, _, v = line.partition(" ")
@@ -185,8 +196,15 @@ if problems:
     sys.exit(1)
 EOF
 
+MODEL=$HERE/../shared/models/stories260K.gguf
+if [ ! -r "$MODEL" ]; then
+	MODEL=$T/synth.gguf
+	"$BIN" model synth --out "$MODEL" >/dev/null 2>&1 || fail "model synth"
+fi
+
 # 1. the files as committed (defaults, then the other backends)
-python3 "$T/check.py" "$BIN" "$HERE" >"$T/ok.out" 2>"$T/ok.err" || { cat "$T/ok.err" >&2; fail "deployment files"; }
+EMIT=$T/cmds MODEL=$MODEL python3 "$T/check.py" "$BIN" "$HERE" >"$T/ok.out" 2>"$T/ok.err" ||
+	{ cat "$T/ok.err" >&2; fail "deployment files"; }
 cat "$T/ok.out"
 grep -qx "deploy/docker-compose.pd.yml: 1 prefill, 1 decode, 1 router" "$T/ok.out" || fail "pd.yml: $(cat "$T/ok.out")"
 grep -qx "deploy/docker-compose.1p3d.yml: 1 prefill, 3 decode, 1 router" "$T/ok.out" || fail "1p3d.yml"
@@ -303,5 +321,50 @@ fi
 for f in Dockerfile deploy/docker-compose.pd.yml deploy/docker-compose.1p3d.yml deploy/systemd; do
 	grep -qF "$f" "$HERE/README.md" || fail "README.md does not mention $f"
 done
+
+# 7. the stacks serve: each file's commands, as the files give them (fixed
+# ports, router.env's 10.0.0.1 / 10.0.0.2), in a network namespace of our
+# own with those addresses on its loopback; one completion through each
+# router. Each server also gets --max-total-tokens 8192 (a small pool on a
+# shared machine).
+NS=pdsdeploy$$
+if ip netns add "$NS" 2>/dev/null; then
+	trap 'cleanup; ip netns del "$NS" 2>/dev/null || true' EXIT
+	ip -n "$NS" link set lo up
+	ip -n "$NS" addr add 10.0.0.1/32 dev lo
+	ip -n "$NS" addr add 10.0.0.2/32 dev lo
+	for key in deploy/docker-compose.pd.yml deploy/docker-compose.1p3d.yml deploy/systemd/; do
+		STACK=()
+		while IFS=$'\t' read -r file args; do
+			case "$file" in "$key"*) ;; *) continue ;; esac
+			eval "argv=($args)"
+			[ "${argv[0]}" = server ] && argv+=(--max-total-tokens 8192)
+			ip netns exec "$NS" "$BIN" "${argv[@]}" >"$T/stack.${#STACK[@]}.out" 2>&1 &
+			PIDS+=($!)
+			STACK+=($!)
+			if [ "${argv[0]}" = router ]; then
+				RPORT=$(python3 -c 'import sys; a=sys.argv[1:]; print(a[a.index("--port")+1])' "${argv[@]}")
+			fi
+		done <"$T/cmds"
+		[ "${#STACK[@]}" -ge 3 ] || fail "$key: ${#STACK[@]} commands"
+		deadline=$((SECONDS + 60))
+		until ip netns exec "$NS" curl -sf "http://127.0.0.1:$RPORT/health" >/dev/null 2>&1; do
+			for p in "${STACK[@]}"; do kill -0 "$p" 2>/dev/null || { tail -n 5 "$T"/stack.* >&2; fail "$key: a process exited"; }; done
+			[ "$SECONDS" -lt "$deadline" ] || { tail -n 5 "$T"/stack.* >&2; fail "$key: router not healthy in 60 s"; }
+			sleep 0.1
+		done
+		ip netns exec "$NS" curl -sf "http://127.0.0.1:$RPORT/v1/completions" -H 'Content-Type: application/json' \
+			-d '{"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "ignore_eos": true}' >"$T/answer" ||
+			{ tail -n 5 "$T"/stack.* >&2; fail "$key: completion through the router"; }
+		python3 -c 'import json, sys; u = json.load(open(sys.argv[1]))["usage"]; sys.exit(u["completion_tokens"] != 8)' \
+			"$T/answer" || fail "$key: answer $(cat "$T/answer")"
+		echo "ok: $key: ${#STACK[@]} processes, 8 tokens through the router on port $RPORT"
+		for p in "${STACK[@]}"; do kill "$p" 2>/dev/null || true; done
+		for p in "${STACK[@]}"; do wait "$p" 2>/dev/null || true; done
+		rm -f "$T"/stack.*
+	done
+else
+	echo "skip: cannot create a network namespace here (the stacks were only parsed)"
+fi
 
 echo "deploy: all passed in $((SECONDS - START)) s"
