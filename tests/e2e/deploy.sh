@@ -21,7 +21,10 @@
 # - the stacks serve: the commands of each compose file and of the units
 #   (fixed ports and router.env's 10.0.0.x addresses as written) run in a
 #   network namespace of our own, and one completion goes through each
-#   router (skipped where namespaces cannot be created);
+#   router (skipped where namespaces cannot be created); with shm and the
+#   decode given a /tmp of its own (what the compose files' shared /tmp
+#   volume and the units' PrivateTmp=no prevent), the request fails naming
+#   the prefill's socket;
 # - Dockerfile: debian:12 build stage, debian:12-slim runtime stage, a
 #   non-root USER, ENTRYPOINT pdserve (hadolint where installed);
 #   `docker compose config` where the client has compose; README names the
@@ -333,13 +336,25 @@ if ip netns add "$NS" 2>/dev/null; then
 	ip -n "$NS" link set lo up
 	ip -n "$NS" addr add 10.0.0.1/32 dev lo
 	ip -n "$NS" addr add 10.0.0.2/32 dev lo
-	for key in deploy/docker-compose.pd.yml deploy/docker-compose.1p3d.yml deploy/systemd/; do
+	# pd.yml:shm-own-tmp: the decode with a /tmp of its own (a compose file
+	# without the shared pdserve-run volume, a unit with PrivateTmp): shm must
+	# fail, naming the socket it cannot see
+	for run in deploy/docker-compose.pd.yml:tcp deploy/docker-compose.pd.yml:shm deploy/docker-compose.1p3d.yml:tcp \
+		deploy/systemd/: deploy/docker-compose.pd.yml:shm-own-tmp; do
+		key=${run%:*} backend=${run##*:} own_tmp=
+		[ "$backend" = shm-own-tmp ] && { backend=shm; own_tmp=1; }
+		EMIT=$T/cmds MODEL=$MODEL PDSERVE_TRANSFER_BACKEND=$backend python3 "$T/check.py" "$BIN" "$HERE" >/dev/null ||
+			fail "$run: check"
 		STACK=()
 		while IFS=$'\t' read -r file args; do
 			case "$file" in "$key"*) ;; *) continue ;; esac
 			eval "argv=($args)"
 			[ "${argv[0]}" = server ] && argv+=(--max-total-tokens 8192)
-			ip netns exec "$NS" "$BIN" "${argv[@]}" >"$T/stack.${#STACK[@]}.out" 2>&1 &
+			wrap=()
+			if [ -n "$own_tmp" ] && [[ " ${argv[*]} " == *" --disaggregation-mode decode "* ]]; then
+				wrap=(unshare -m sh -c 'mount -t tmpfs pdserve-tmp /tmp && exec "$@"' sh)
+			fi
+			ip netns exec "$NS" "${wrap[@]}" "$BIN" "${argv[@]}" >"$T/stack.${#STACK[@]}.out" 2>&1 &
 			PIDS+=($!)
 			STACK+=($!)
 			if [ "${argv[0]}" = router ]; then
@@ -353,12 +368,25 @@ if ip netns add "$NS" 2>/dev/null; then
 			[ "$SECONDS" -lt "$deadline" ] || { tail -n 5 "$T"/stack.* >&2; fail "$key: router not healthy in 60 s"; }
 			sleep 0.1
 		done
-		ip netns exec "$NS" curl -sf "http://127.0.0.1:$RPORT/v1/completions" -H 'Content-Type: application/json' \
-			-d '{"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "ignore_eos": true}' >"$T/answer" ||
-			{ tail -n 5 "$T"/stack.* >&2; fail "$key: completion through the router"; }
+		code=$(ip netns exec "$NS" curl -s -o "$T/answer" -w '%{http_code}' "http://127.0.0.1:$RPORT/v1/completions" \
+			-H 'Content-Type: application/json' \
+			-d '{"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "ignore_eos": true}' || true)
+		if [ -n "$own_tmp" ]; then
+			[ "$code" -ge 500 ] && grep -q "shm socket /tmp/pdserve-kv-.*: No such file or directory" "$T/answer" ||
+				fail "$run: want a 5xx naming the shm socket, got $code $(cat "$T/answer")"
+			echo "ok: $key (shm, the decode with its own /tmp): $code $(head -c 160 "$T/answer")"
+			for p in "${STACK[@]}"; do kill "$p" 2>/dev/null || true; done
+			for p in "${STACK[@]}"; do wait "$p" 2>/dev/null || true; done
+			rm -f "$T"/stack.*
+			continue
+		fi
+		[ "$code" = 200 ] || { tail -n 5 "$T"/stack.* >&2; fail "$key: completion through the router: $code $(cat "$T/answer")"; }
 		python3 -c 'import json, sys; u = json.load(open(sys.argv[1]))["usage"]; sys.exit(u["completion_tokens"] != 8)' \
 			"$T/answer" || fail "$key: answer $(cat "$T/answer")"
-		echo "ok: $key: ${#STACK[@]} processes, 8 tokens through the router on port $RPORT"
+		if [ -n "$backend" ]; then
+			grep -q "decode transfer backend $backend " "$T"/stack.*.out || fail "$run: the decode did not use $backend"
+		fi
+		echo "ok: $key${backend:+ (PDSERVE_TRANSFER_BACKEND=$backend)}: ${#STACK[@]} processes, 8 tokens through the router on port $RPORT"
 		for p in "${STACK[@]}"; do kill "$p" 2>/dev/null || true; done
 		for p in "${STACK[@]}"; do wait "$p" 2>/dev/null || true; done
 		rm -f "$T"/stack.*
