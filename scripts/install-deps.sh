@@ -7,6 +7,8 @@
 #   scripts/install-deps.sh --runtime  only the shared libraries build/pdserve runs with, and curl for
 #                                      health checks (the Dockerfile's runtime stage; libucx0 brings
 #                                      libibverbs1, librdmacm1 and ibverbs-providers for RDMA)
+#   scripts/install-deps.sh --runtime --list   print the packages instead (also with --build, or
+#                                              "" for the default set)
 set -euo pipefail
 
 BUILD_PKGS=(
@@ -36,6 +38,11 @@ case "${1:-}" in
 	exit 2
 	;;
 esac
+
+if [ "${2:-}" = --list ]; then
+	printf '%s\n' "${PKGS[@]}"
+	exit 0
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

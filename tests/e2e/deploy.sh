@@ -26,7 +26,9 @@
 #   volume and the units' PrivateTmp=no prevent), the request fails naming
 #   the prefill's socket;
 # - Dockerfile: debian:12 build stage, debian:12-slim runtime stage, a
-#   non-root USER, ENTRYPOINT pdserve (hadolint where installed);
+#   non-root USER, ENTRYPOINT pdserve (hadolint where installed); the
+#   runtime stage's packages (install-deps.sh --runtime) own every library
+#   the binary links;
 #   `docker compose config` where the client has compose; README names the
 #   files.
 set -euo pipefail
@@ -308,6 +310,24 @@ ep = [json.loads(l.split(None, 1)[1]) for l in final if l.startswith("ENTRYPOINT
 assert ep and ep[-1][0].endswith("/pdserve"), "ENTRYPOINT pdserve"
 EOF
 echo "ok: Dockerfile stages, USER, ENTRYPOINT"
+# the runtime stage's packages hold every library the binary links (libc6 is in every image;
+# a sanitizer build's own runtimes are not the image's business)
+if command -v dpkg >/dev/null && command -v readelf >/dev/null; then
+	RUNTIME=" $("$HERE/scripts/install-deps.sh" --runtime --list | tr '\n' ' ') libc6 "
+	n=0
+	for lib in $(readelf -d "$BIN" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+		case "$lib" in libasan.* | libubsan.* | libstdc++.* | libgcc_s.*) continue ;; esac
+		path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
+		pkg=$( (dpkg -S "$path" || dpkg -S "$(readlink -f "$path")") 2>/dev/null | head -1 | cut -d: -f1)
+		[ -n "$pkg" ] || fail "runtime: no package owns $lib ($path)"
+		[[ "$RUNTIME" == *" $pkg "* ]] || fail "runtime: $lib comes from $pkg, not in install-deps.sh --runtime"
+		n=$((n + 1))
+	done
+	[ "$n" -ge 5 ] || fail "runtime: only $n libraries found in $BIN"
+	echo "ok: install-deps.sh --runtime holds the $n libraries pdserve links"
+else
+	echo "skip: no dpkg/readelf to check the runtime packages"
+fi
 if command -v hadolint >/dev/null; then
 	hadolint "$HERE/Dockerfile" || fail "hadolint"
 else
