@@ -397,6 +397,7 @@ if ip netns add "$NS" 2>/dev/null; then
 			echo "ok: $key (shm, the decode with its own /tmp): $code $(head -c 160 "$T/answer")"
 			for p in "${STACK[@]}"; do kill "$p" 2>/dev/null || true; done
 			for p in "${STACK[@]}"; do wait "$p" 2>/dev/null || true; done
+			! grep -Eq "ERROR: (Leak|Address)Sanitizer|runtime error:" "$T"/stack.*.out || { cat "$T"/stack.*.out >&2; fail "$run: sanitizer report"; }
 			rm -f "$T"/stack.*
 			continue
 		fi
@@ -409,6 +410,7 @@ if ip netns add "$NS" 2>/dev/null; then
 		echo "ok: $key${backend:+ (PDSERVE_TRANSFER_BACKEND=$backend)}: ${#STACK[@]} processes, 8 tokens through the router on port $RPORT"
 		for p in "${STACK[@]}"; do kill "$p" 2>/dev/null || true; done
 		for p in "${STACK[@]}"; do wait "$p" 2>/dev/null || true; done
+		! grep -Eq "ERROR: (Leak|Address)Sanitizer|runtime error:" "$T"/stack.*.out || { cat "$T"/stack.*.out >&2; fail "$run: sanitizer report"; }
 		rm -f "$T"/stack.*
 	done
 else
