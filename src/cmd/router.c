@@ -12,6 +12,11 @@
  * 8998 (SGLang's default); a --prefill-hosts entry without @PORT takes the
  * prefill's port from its /get_server_info.
  *
+ * --check-args runs the same parser and checks (worker URLs included),
+ * prints the resolved configuration, one `key value` line each, and exits
+ * without binding or contacting a worker (tests/e2e/deploy.sh checks the
+ * deployment files with it).
+ *
  * Exit status: 0 after a clean shutdown, 1 runtime error (bind), 2 usage.
  */
 #include <stdio.h>
@@ -62,6 +67,8 @@ static void usage(FILE *f)
 		"  --max-payload-size BYTES             request body limit (default 536870912); larger gets 413\n"
 		"  --api-key KEY                        clients must send Bearer KEY; sent to workers too\n"
 		"  --log-level debug|info|warning|error\n"
+		"  --check-args                         parse and validate the flags and worker URLs, print the\n"
+		"                                       resolved configuration, exit 0 (2 on a bad flag); binds nothing\n"
 		"  --prometheus-port N, --prometheus-host H   a second listener for /metrics (default: none;\n"
 		"                                       /metrics is on the main port anyway)\n"
 		"  accepted and ignored: --worker-startup-timeout-secs --worker-startup-check-interval\n"
@@ -74,7 +81,7 @@ enum {
 	O_HOST, O_PORT, O_WORKERS, O_PD, O_PREFILL, O_DECODE, O_PHOSTS, O_DHOSTS, O_POLICY, O_PPOLICY, O_DPOLICY,
 	O_CACHE_T, O_ABS_T, O_REL_T, O_EVICT, O_TREE, O_HC_IV, O_HC_TO, O_HC_FAIL, O_HC_OK, O_HC_EP, O_RETRIES,
 	O_BACKOFF, O_MAXBACKOFF, O_NORETRY, O_CB_FAIL, O_CB_OK, O_CB_TO, O_NOCB, O_TIMEOUT, O_PAYLOAD, O_KEY, O_LOG,
-	O_PROM_PORT, O_PROM_HOST, O_IGN_ONE, O_IGN_FLAG, O_HELP,
+	O_PROM_PORT, O_PROM_HOST, O_IGN_ONE, O_IGN_FLAG, O_HELP, O_CHECK,
 };
 
 static const struct {
@@ -124,6 +131,7 @@ static const struct {
 	{ "log-dir", O_IGN_ONE, K_ONE },
 	{ "dp-aware", O_IGN_FLAG, K_FLAG },
 	{ "help", O_HELP, K_FLAG },
+	{ "check-args", O_CHECK, K_FLAG },
 };
 
 typedef struct {
@@ -139,6 +147,7 @@ typedef struct {
 	router_config cfg;
 	const char *policy, *ppolicy, *dpolicy;
 	bool pd_flag;
+	bool check_args;
 	wspec w[MAX_SPECS];
 	int n;
 } rt_opts;
@@ -341,12 +350,71 @@ static int parse_args(int argc, char **argv, rt_opts *o)
 		case O_IGN_ONE: LOGI("router", "--%s %s: ignored (workers join when their health check passes)", name, v); break;
 		case O_IGN_FLAG: LOGI("router", "--%s: ignored", name); break;
 		case O_HELP: usage(stdout); return 1;
+		case O_CHECK: o->check_args = true; break;
 		}
 		if (bad) {
 			fprintf(stderr, "pdserve router: bad value for %s: '%s'\n", bad, v ? v : "");
 			return 2;
 		}
 	}
+	return 0;
+}
+
+/* --check-args: what router_add_worker would refuse (a bad URL, a worker
+   given twice: its messages), then the resolved configuration on stdout.
+   Returns the exit status. */
+static int check_resolved(const rt_opts *o)
+{
+	static worker_url u[MAX_SPECS];
+	char err[ERR_LEN];
+	for (int i = 0; i < o->n; i++) {
+		char url[1024];
+		snprintf(url, sizeof(url), "%.*s", (int)o->w[i].url_len, o->w[i].url);
+		if (worker_url_parse(url, &u[i], err)) {
+			fprintf(stderr, "pdserve router: %s\n", err);
+			return 2;
+		}
+		for (int j = 0; j < i; j++)
+			if (!strcmp(u[i].url, u[j].url)) {
+				fprintf(stderr, "pdserve router: %s is already registered\n", u[i].url);
+				return 2;
+			}
+	}
+	const router_config *c = &o->cfg;
+	printf("command router\n");
+	printf("host %s\n", c->host ? c->host : "127.0.0.1");
+	printf("port %d\n", c->port);
+	printf("mode %s\n", c->pd ? "pd" : "regular");
+	if (c->pd) {
+		printf("prefill_policy %s\n", balance_policy_name(c->prefill_policy.policy));
+		printf("decode_policy %s\n", balance_policy_name(c->decode_policy.policy));
+	} else {
+		printf("policy %s\n", balance_policy_name(c->policy.policy));
+	}
+	for (int i = 0; i < o->n; i++) {
+		int b = o->w[i].bootstrap;
+		if (o->w[i].type != WORKER_PREFILL)
+			printf("worker %s %s\n", worker_type_name(o->w[i].type), u[i].url);
+		else if (b == ROUTER_BOOTSTRAP_NONE)
+			printf("worker prefill %s bootstrap none\n", u[i].url);
+		else if (b == ROUTER_BOOTSTRAP_DISCOVER)
+			printf("worker prefill %s bootstrap (from its /get_server_info)\n", u[i].url);
+		else
+			printf("worker prefill %s bootstrap %d\n", u[i].url, b);
+	}
+	printf("health_check_endpoint %s\n", c->health_endpoint ? c->health_endpoint : "/health");
+	printf("health_check_interval_secs %g\n", c->health_interval_s);
+	printf("health_check_timeout_secs %g\n", c->health_timeout_s);
+	printf("health_failure_threshold %d\n", c->wpolicy.failure_threshold);
+	printf("health_success_threshold %d\n", c->wpolicy.success_threshold);
+	printf("max_retries %d\n", c->max_retries);
+	printf("circuit_breaker %s\n", c->wpolicy.cb_disabled ? "disabled" : "enabled");
+	printf("request_timeout_secs %g\n", c->request_timeout_s);
+	printf("max_payload_size %zu\n", c->max_payload);
+	printf("api_key_set %s\n", c->api_key && *c->api_key ? "true" : "false");
+	if (c->prometheus_port)
+		printf("prometheus %s:%d\n", c->prometheus_host ? c->prometheus_host : c->host ? c->host : "127.0.0.1",
+		       c->prometheus_port);
 	return 0;
 }
 
@@ -380,6 +448,8 @@ int cmd_router(int argc, char **argv)
 		return 2;
 	}
 	o.cfg.pd = o.pd_flag || n_pd > 0;
+	if (o.check_args)
+		return check_resolved(&o);
 	char err[ERR_LEN];
 	router *r = router_create(&o.cfg, err);
 	if (!r) {

@@ -19,6 +19,14 @@
  * KV pool size: --max-total-tokens if given, else --mem-fraction-static
  * (default 0.5) of (MemAvailable - model weights); see engine.h.
  *
+ * --check-args runs the same parser and checks, prints the resolved
+ * configuration (one `key value` line each) and exits, starting nothing:
+ * no model lookup, no socket, no transfer layer. What it cannot know from
+ * the command line alone is left to the real start: whether the model file
+ * and a --chat-template file exist on this host, whether the ports are
+ * free, whether UCX sees the --disaggregation-ib-device. Deployment files
+ * are checked with it (tests/e2e/deploy.sh).
+ *
  * Exit status: 0 after a clean shutdown, 1 runtime error (model, bind),
  * 2 usage.
  */
@@ -70,8 +78,10 @@ static void usage(FILE *f)
 		"  --disaggregation-bootstrap-port N   prefill: bootstrap service port (default 8998)\n"
 		"  --disaggregation-ib-device DEV      RDMA devices (UCX backend; ignored by tcp/shm)\n"
 		"  --num-reserved-decode-tokens N      decode: KV reserved beyond the prompt (default 512)\n"
+		"  --check-args                   parse and validate the flags, print the resolved configuration,\n"
+		"                                 exit 0 (2 on a bad flag); starts nothing, loads no model\n"
 		"  accepted and ignored: --trust-remote-code --disable-cuda-graph --dtype --enable-metrics\n"
-		"    --log-requests --skip-server-warmup --random-seed --device --attention-backend\n"
+		"    --log-requests --skip-server-warmup --random-seed --device --base-gpu-id --attention-backend\n"
 		"    --sampling-backend --cuda-graph-max-bs --tokenizer-path --tokenizer-mode\n");
 }
 
@@ -83,12 +93,14 @@ typedef struct {
 	long port, threads, ctx, page, max_total, max_running, max_queued, max_prefill, chunk, tp, dp, body;
 	double mem_frac;
 	int disable_radix;
+	int check_args;
+	xfer_backend backend_id; /* backend, resolved by parse_args */
 } srv_opts;
 
 enum {
 	O_MODEL = 256, O_HOST, O_PORT, O_SERVED, O_THREADS, O_CTX, O_PAGE, O_MEMF, O_MAXTOT, O_MAXRUN, O_MAXQ,
 	O_MAXPRE, O_CHUNK, O_POLICY, O_NORADIX, O_KV, O_TMPL, O_KEY, O_BODY, O_LOG, O_TP, O_DP, O_DISAGG,
-	O_IGN_ARG, O_IGN_FLAG, O_BACKEND, O_BOOTPORT, O_IBDEV, O_RESERVED, O_DIST, O_NNODES, O_NODERANK,
+	O_IGN_ARG, O_IGN_FLAG, O_BACKEND, O_BOOTPORT, O_IBDEV, O_RESERVED, O_DIST, O_NNODES, O_NODERANK, O_CHECK,
 };
 
 static int parse_args(int argc, char **argv, srv_opts *o)
@@ -129,10 +141,12 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		{ "dist-init-addr", required_argument, 0, O_DIST },
 		{ "nnodes", required_argument, 0, O_NNODES },
 		{ "node-rank", required_argument, 0, O_NODERANK },
+		{ "check-args", no_argument, 0, O_CHECK },
 		/* no meaning here: accepted so SGLang command lines run, logged */
 		{ "dtype", required_argument, 0, O_IGN_ARG },
 		{ "random-seed", required_argument, 0, O_IGN_ARG },
 		{ "device", required_argument, 0, O_IGN_ARG },
+		{ "base-gpu-id", required_argument, 0, O_IGN_ARG },
 		{ "attention-backend", required_argument, 0, O_IGN_ARG },
 		{ "sampling-backend", required_argument, 0, O_IGN_ARG },
 		{ "cuda-graph-max-bs", required_argument, 0, O_IGN_ARG },
@@ -201,6 +215,7 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		case O_DIST: o->dist_init_addr = optarg; o->dist_flags++; break;
 		case O_NNODES: if (cmd_parse_int(optarg, 1, 1 << 16, &o->nnodes)) bad = "--nnodes"; o->dist_flags++; break;
 		case O_NODERANK: if (cmd_parse_int(optarg, 0, 1 << 16, &o->node_rank)) bad = "--node-rank"; o->dist_flags++; break;
+		case O_CHECK: o->check_args = 1; break;
 		case O_IGN_ARG: LOGI("server", "--%s %s: ignored (no meaning in this CPU build)", name, optarg); break;
 		case O_IGN_FLAG: LOGI("server", "--%s: ignored (no meaning in this CPU build)", name); break;
 		case 'h': usage(stdout); return 1;
@@ -238,6 +253,7 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		fprintf(stderr, "pdserve server: %s\n", err);
 		return 2;
 	}
+	o->backend_id = b;
 	if (o->ib_device && b != XFER_UCX)
 		LOGI("server", "--disaggregation-ib-device %s: ignored by the %s backend (it selects RDMA devices for UCX)",
 		     o->ib_device, o->backend);
@@ -286,6 +302,54 @@ static int chat_family(const char *flag, const char *model_path, chat_tmpl_famil
 	return 0;
 }
 
+/* --check-args: the configuration parse_args resolved, defaults filled in,
+   one `key value` line each on stdout. Nothing is opened or bound. */
+static void print_resolved(const srv_opts *o)
+{
+	xfer_backend b = o->backend_id;
+	const char *env_model = getenv("PDSERVE_MODEL");
+	chat_tmpl_family fam;
+	printf("command server\n");
+	printf("model_path %s\n", o->model ? o->model : env_model && *env_model ? env_model : "(default, resolved at start)");
+	printf("host %s\n", o->host);
+	printf("port %ld\n", o->port);
+	printf("served_model_name %s\n", o->served ? o->served : "(the model path)");
+	printf("threads %ld\n", o->threads); /* 0: all cores */
+	printf("context_length %ld\n", o->ctx); /* 0: the model's */
+	printf("page_size %ld\n", o->page ? o->page : 16);
+	if (o->max_total)
+		printf("max_total_tokens %ld\n", o->max_total);
+	else
+		printf("mem_fraction_static %g\n", o->mem_frac ? o->mem_frac : 0.5);
+	printf("max_running_requests %ld\n", o->max_running ? o->max_running : 64);
+	printf("max_queued_requests %ld\n", o->max_queued ? o->max_queued : 1024);
+	printf("max_prefill_tokens %ld\n", o->max_prefill ? o->max_prefill : 16384);
+	printf("chunked_prefill_size %ld\n", o->chunk ? o->chunk : 512);
+	printf("schedule_policy %s\n", o->policy);
+	printf("disable_radix_cache %s\n", o->disable_radix ? "true" : "false");
+	printf("kv_cache_dtype %s\n", o->kv);
+	if (!o->chat_template)
+		printf("chat_template (from the GGUF)\n");
+	else if (chat_template_from_name(o->chat_template, &fam) == 0)
+		printf("chat_template %s\n", chat_template_name(fam));
+	else
+		printf("chat_template file %s (read at start)\n", o->chat_template);
+	printf("api_key_set %s\n", o->api_key && *o->api_key ? "true" : "false");
+	printf("max_body_size %ld\n", o->body);
+	printf("log_level %s\n", o->log_level);
+	printf("disaggregation_mode %s\n", o->disagg);
+	if (strcmp(o->disagg, "null")) {
+		printf("disaggregation_transfer_backend %s\n", xfer_backend_name(b));
+		if (!strcmp(o->disagg, "prefill"))
+			printf("disaggregation_bootstrap_port %ld\n", o->bootstrap_port);
+		else
+			printf("num_reserved_decode_tokens %ld\n", o->reserved_decode);
+		if (o->ib_device)
+			printf("disaggregation_ib_device %s%s\n", o->ib_device,
+			       b == XFER_UCX ? "" : " (ignored by this backend)");
+	}
+}
+
 int cmd_server(int argc, char **argv)
 {
 	srv_opts o = { .host = "127.0.0.1", .port = 30000, .policy = "fcfs", .disagg = "null", .kv = "auto",
@@ -294,6 +358,10 @@ int cmd_server(int argc, char **argv)
 	int rc = parse_args(argc, argv, &o);
 	if (rc)
 		return rc == 1 ? 0 : rc;
+	if (o.check_args) {
+		print_resolved(&o);
+		return 0;
+	}
 
 	char err[ERR_LEN], path[4096];
 	if (cmd_model_path(o.model, path, sizeof(path), err) < 0) {
