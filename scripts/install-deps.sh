@@ -8,6 +8,7 @@ set -euo pipefail
 PKGS=(
 	build-essential pkg-config git ca-certificates
 	libevent-dev libjson-c-dev libcurl4-openssl-dev libucx-dev
+	libssl-dev                   # libcrypto: HMAC-SHA256 for --disaggregation-secret
 	libcriterion-dev
 	clang libclang-rt-14-dev     # sanitizer runtime for `make check` and fuzzing
 	python3                      # fixture comparison tools in ../shared/tools

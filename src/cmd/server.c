@@ -70,6 +70,8 @@ static void usage(FILE *f)
 		"  --disaggregation-bootstrap-port N   prefill: bootstrap service port (default 8998)\n"
 		"  --disaggregation-ib-device DEV      RDMA devices (UCX backend; ignored by tcp/shm)\n"
 		"  --num-reserved-decode-tokens N      decode: KV reserved beyond the prompt (default 512)\n"
+		"  --disaggregation-secret S           cluster secret: bootstrap/transfer peers must prove it\n"
+		"                                      (default $PDSERVE_DISAGGREGATION_SECRET; docs/SECURITY.md)\n"
 		"  accepted and ignored: --trust-remote-code --disable-cuda-graph --dtype --enable-metrics\n"
 		"    --log-requests --skip-server-warmup --random-seed --device --attention-backend\n"
 		"    --sampling-backend --cuda-graph-max-bs --tokenizer-path --tokenizer-mode\n");
@@ -77,7 +79,7 @@ static void usage(FILE *f)
 
 typedef struct {
 	const char *model, *host, *served, *chat_template, *api_key, *policy, *disagg, *kv, *log_level;
-	const char *backend, *ib_device, *dist_init_addr;
+	const char *backend, *ib_device, *dist_init_addr, *secret;
 	long bootstrap_port, reserved_decode, nnodes, node_rank;
 	int dist_flags; /* how many of --dist-init-addr/--nnodes/--node-rank were given */
 	long port, threads, ctx, page, max_total, max_running, max_queued, max_prefill, chunk, tp, dp, body;
@@ -88,7 +90,7 @@ typedef struct {
 enum {
 	O_MODEL = 256, O_HOST, O_PORT, O_SERVED, O_THREADS, O_CTX, O_PAGE, O_MEMF, O_MAXTOT, O_MAXRUN, O_MAXQ,
 	O_MAXPRE, O_CHUNK, O_POLICY, O_NORADIX, O_KV, O_TMPL, O_KEY, O_BODY, O_LOG, O_TP, O_DP, O_DISAGG,
-	O_IGN_ARG, O_IGN_FLAG, O_BACKEND, O_BOOTPORT, O_IBDEV, O_RESERVED, O_DIST, O_NNODES, O_NODERANK,
+	O_IGN_ARG, O_IGN_FLAG, O_BACKEND, O_BOOTPORT, O_IBDEV, O_RESERVED, O_DIST, O_NNODES, O_NODERANK, O_SECRET,
 };
 
 static int parse_args(int argc, char **argv, srv_opts *o)
@@ -126,6 +128,7 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		{ "disaggregation-bootstrap-port", required_argument, 0, O_BOOTPORT },
 		{ "disaggregation-ib-device", required_argument, 0, O_IBDEV },
 		{ "num-reserved-decode-tokens", required_argument, 0, O_RESERVED },
+		{ "disaggregation-secret", required_argument, 0, O_SECRET },
 		{ "dist-init-addr", required_argument, 0, O_DIST },
 		{ "nnodes", required_argument, 0, O_NNODES },
 		{ "node-rank", required_argument, 0, O_NODERANK },
@@ -197,6 +200,7 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		case O_BACKEND: o->backend = optarg; break;
 		case O_BOOTPORT: if (cmd_parse_int(optarg, 1, 65535, &o->bootstrap_port)) bad = "--disaggregation-bootstrap-port"; break;
 		case O_IBDEV: o->ib_device = optarg; break;
+		case O_SECRET: o->secret = optarg; break;
 		case O_RESERVED: if (cmd_parse_int(optarg, 0, 1 << 20, &o->reserved_decode)) bad = "--num-reserved-decode-tokens"; break;
 		case O_DIST: o->dist_init_addr = optarg; o->dist_flags++; break;
 		case O_NNODES: if (cmd_parse_int(optarg, 1, 1 << 16, &o->nnodes)) bad = "--nnodes"; o->dist_flags++; break;
@@ -291,6 +295,7 @@ int cmd_server(int argc, char **argv)
 	srv_opts o = { .host = "127.0.0.1", .port = 30000, .policy = "fcfs", .disagg = "null", .kv = "auto",
 		       .log_level = "info", .tp = 1, .dp = 1, .body = 32L << 20, .backend = "tcp",
 		       .bootstrap_port = 8998, .reserved_decode = 512, .nnodes = 1 };
+	o.secret = getenv("PDSERVE_DISAGGREGATION_SECRET");
 	int rc = parse_args(argc, argv, &o);
 	if (rc)
 		return rc == 1 ? 0 : rc;
@@ -344,6 +349,7 @@ int cmd_server(int argc, char **argv)
 		{ "dp_size", "1", true },
 		{ "disaggregation_mode", o.disagg, false },
 		{ "disaggregation_transfer_backend", o.backend, false },
+		{ "disaggregation_secret_set", o.secret && *o.secret ? "true" : "false", true },
 	};
 	http_config hc = {
 		.host = o.host,
@@ -365,12 +371,15 @@ int cmd_server(int argc, char **argv)
 				   .backend = backend,
 				   .host = o.host,
 				   .bootstrap_port = (int)o.bootstrap_port,
-				   .ib_devices = o.ib_device };
+				   .ib_devices = o.ib_device,
+				   .secret = o.secret };
 		xf = xfer_create(&xc, err);
 		if (!xf) {
 			fprintf(stderr, "pdserve server: %s\n", err);
 			return 1;
 		}
+		if (o.secret && *o.secret)
+			LOGI("server", "disaggregation secret set: %s peers must prove it", xc.role == XFER_PREFILL ? "decode" : "prefill");
 		hc.xf = xf;
 		hc.pd_role = xc.role;
 		hc.pd_backend = backend;
