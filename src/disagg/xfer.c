@@ -548,7 +548,10 @@ static void conn_kill(xfer *x, conn *c, const char *why)
 {
 	if (c->st == CS_DEAD)
 		return;
-	LOGW(TAG, "connection %s closed: %s", c->peer, why);
+	if (c->st == CS_AUTH && x->cfg.role == XFER_PREFILL)
+		LOGW(TAG, "refused decode %s: disaggregation secret: no answer to the challenge (%s)", c->peer, why);
+	else
+		LOGW(TAG, "connection %s closed: %s", c->peer, why);
 	c->st = CS_DEAD;
 	if (c->up) {
 		ucx_peer_close(c->up); /* pending flushes complete (with errors) in here */

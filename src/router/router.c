@@ -1847,6 +1847,8 @@ static json_object *router_json(router *r)
 	json_object_object_add(o, "request_timeout_secs", json_object_new_double(r->cfg.request_timeout_s));
 	json_object_object_add(o, "max_payload_size", json_object_new_int64((int64_t)r->cfg.max_payload));
 	json_object_object_add(o, "api_key_set", json_object_new_boolean(r->cfg.api_key && *r->cfg.api_key));
+	json_object_object_add(o, "worker_api_key_set",
+			       json_object_new_boolean(r->cfg.worker_api_key && *r->cfg.worker_api_key));
 	json_object_object_add(o, "requests_in_flight", json_object_new_int(r->n_reqs));
 	json_object_object_add(o, "uptime_secs", json_object_new_double((double)(clock_now_ns() - r->started_ns) * 1e-9));
 	return o;
@@ -2386,12 +2388,19 @@ router *router_create(const router_config *cfg, char err[ERR_LEN])
 		r->cfg.max_idle_per_worker = 64;
 	if (r->cfg.max_retries < 0)
 		r->cfg.max_retries = 0;
-	if (cfg->api_key && *cfg->api_key) {
-		if (strlen(cfg->api_key) > 256 || strpbrk(cfg->api_key, "\r\n")) {
-			err_set(err, ERR_INVAL, "--api-key: at most 256 characters, no line breaks");
+	for (int k = 0; k < 2; k++) {
+		const char *key = k ? cfg->worker_api_key : cfg->api_key;
+		if (key && *key && (strlen(key) > 256 || strpbrk(key, "\r\n"))) {
+			err_set(err, ERR_INVAL, "%s: at most 256 characters, no line breaks",
+				k ? "--worker-api-key" : "--api-key");
 			goto fail;
 		}
-		snprintf(r->auth_line, sizeof(r->auth_line), "Authorization: Bearer %s\r\n", cfg->api_key);
+	}
+	{
+		/* workers get --worker-api-key, else the router's own --api-key */
+		const char *wk = cfg->worker_api_key && *cfg->worker_api_key ? cfg->worker_api_key : cfg->api_key;
+		if (wk && *wk)
+			snprintf(r->auth_line, sizeof(r->auth_line), "Authorization: Bearer %s\r\n", wk);
 	}
 	r->rng = cfg->seed ? cfg->seed : (uint64_t)clock_now_ns() ^ ((uint64_t)getpid() << 32);
 	r->started_ns = clock_now_ns();
