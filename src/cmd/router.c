@@ -60,6 +60,7 @@ static void usage(FILE *f)
 		"  --disable-circuit-breaker\n"
 		"  --request-timeout-secs S             whole request (default 1800)\n"
 		"  --max-payload-size BYTES             request body limit (default 536870912); larger gets 413\n"
+		"  --max-header-size BYTES              request line + headers (default 65536); larger gets 431\n"
 		"  --api-key KEY                        clients must send Bearer KEY; sent to workers too\n"
 		"  --worker-api-key KEY                 sent to workers instead of --api-key (their --api-key)\n"
 		"  --log-level debug|info|warning|error\n"
@@ -74,7 +75,7 @@ typedef enum { K_FLAG, K_ONE, K_MULTI, K_PREFILL } opt_kind;
 enum {
 	O_HOST, O_PORT, O_WORKERS, O_PD, O_PREFILL, O_DECODE, O_PHOSTS, O_DHOSTS, O_POLICY, O_PPOLICY, O_DPOLICY,
 	O_CACHE_T, O_ABS_T, O_REL_T, O_EVICT, O_TREE, O_HC_IV, O_HC_TO, O_HC_FAIL, O_HC_OK, O_HC_EP, O_RETRIES,
-	O_BACKOFF, O_MAXBACKOFF, O_NORETRY, O_CB_FAIL, O_CB_OK, O_CB_TO, O_NOCB, O_TIMEOUT, O_PAYLOAD, O_KEY, O_WKEY, O_LOG,
+	O_BACKOFF, O_MAXBACKOFF, O_NORETRY, O_CB_FAIL, O_CB_OK, O_CB_TO, O_NOCB, O_TIMEOUT, O_PAYLOAD, O_HEADER, O_KEY, O_WKEY, O_LOG,
 	O_PROM_PORT, O_PROM_HOST, O_IGN_ONE, O_IGN_FLAG, O_HELP,
 };
 
@@ -116,6 +117,7 @@ static const struct {
 	{ "disable-circuit-breaker", O_NOCB, K_FLAG },
 	{ "request-timeout-secs", O_TIMEOUT, K_ONE },
 	{ "max-payload-size", O_PAYLOAD, K_ONE },
+	{ "max-header-size", O_HEADER, K_ONE },
 	{ "api-key", O_KEY, K_ONE },
 	{ "worker-api-key", O_WKEY, K_ONE },
 	{ "log-level", O_LOG, K_ONE },
@@ -331,6 +333,7 @@ static int parse_args(int argc, char **argv, rt_opts *o)
 		case O_NOCB: c->wpolicy.cb_disabled = true; break;
 		case O_TIMEOUT: if (cmd_parse_float(v, 0.001, 1e7, &d)) bad = "--request-timeout-secs"; c->request_timeout_s = d; break;
 		case O_PAYLOAD: if (cmd_parse_int(v, 1024, 1L << 40, &n)) bad = "--max-payload-size"; c->max_payload = (size_t)n; break;
+		case O_HEADER: if (cmd_parse_int(v, 1024, 1L << 24, &n)) bad = "--max-header-size"; c->max_header_size = (size_t)n; break;
 		case O_KEY: c->api_key = v; break;
 		case O_WKEY: c->worker_api_key = v; break;
 		case O_LOG:

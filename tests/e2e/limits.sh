@@ -6,7 +6,9 @@
 # by exactly one per refusal; the server keeps serving after each. Also: an
 # idle connection is closed after --idle-timeout-secs while a request that
 # waits longer than that for its answer is not, and the defaults (no limit
-# flags) accept what the small limits refuse.
+# flags) accept what the small limits refuse. A router's --max-payload-size /
+# --max-header-size answer 413 / 431 the same way, counted in
+# pdserve:router_requests_rejected_total.
 set -euo pipefail
 START=$SECONDS
 
@@ -54,6 +56,16 @@ export SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT=3
 start L --max-body-size 4096 --max-header-size 2048 --max-prompt-tokens 60 --max-tokens-limit 50 --max-n 2 \
 	--max-stop-strings 2 --max-running-requests 1 --max-queued-requests 2 --idle-timeout-secs 1
 start DEF
+# a router with small size limits in front of the default server
+RT_PORT=$(free_port)
+"$BIN" router --port "$RT_PORT" --worker-urls "http://127.0.0.1:$DEF_PORT" --max-payload-size 4096 \
+	--max-header-size 2048 --health-check-interval-secs 0.3 >"$T/RT.out" 2>"$T/RT.err" &
+PIDS+=("$!")
+deadline=$((SECONDS + 20))
+until curl -sf "http://127.0.0.1:$RT_PORT/health" >/dev/null 2>&1; do
+	[ "$SECONDS" -lt "$deadline" ] || { cat "$T/RT.err" >&2; fail "router not healthy in 20 s"; }
+	sleep 0.05
+done
 P_BOOT=$(free_port)
 start P --disaggregation-mode prefill --disaggregation-bootstrap-port "$P_BOOT"
 start D --disaggregation-mode decode --idle-timeout-secs 1
@@ -61,7 +73,7 @@ start D --disaggregation-mode decode --idle-timeout-secs 1
 cat >"$T/limits.py" <<'EOF'
 import http.client, json, re, socket, sys, threading, time
 
-L, DEF, D, P_BOOT = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+L, DEF, D, P_BOOT, RT = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 
 def fail(msg):
     print("FAIL:", msg, file=sys.stderr)
@@ -84,7 +96,7 @@ def rejected(port):
         fail(f"/metrics: {st}")
     got = {}
     for line in out.decode().splitlines():
-        m = re.match(r'pdserve:requests_rejected_total\{.*reason="([a-z_]+)"\} (\d+)', line)
+        m = re.match(r'pdserve:(?:router_)?requests_rejected_total\{(?:.*,)?reason="([a-z_]+)"\} (\d+)', line)
         if m:
             got[m.group(1)] = int(m.group(2))
     if not got:
@@ -135,6 +147,11 @@ expect("n", 400, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "n": 3}, w
 expect("n", 400, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "n": 65})
 expect("stop", 400, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "stop": ["a", "b", "c"]},
        words="--max-stop-strings")
+
+# the router's own size limits, in front of a server that would accept
+expect("body_size", 413, "/v1/completions", b'{"prompt": "' + b"a" * 6000 + b'"}', port=RT, words="--max-payload-size")
+expect("header_size", 431, "/v1/completions", {"prompt": "x", "max_tokens": 1}, {"X-Big": "b" * 3000}, port=RT,
+       words="--max-header-size")
 
 # at the limits: accepted
 st, _, out = call(L, "/v1/completions", {"prompt": "hi", "max_tokens": 50, "n": 2, "stop": ["x", "y"]})
@@ -197,10 +214,10 @@ if True:
                                        "bootstrap_port": int(P_BOOT), "bootstrap_room": 7})
     if st < 400 or time.time() - t0 < 2 or b"bootstrap timeout" not in out:
         fail(f"long wait under --idle-timeout-secs 1: {st} after {time.time() - t0:.1f} s: {out[:200]}")
-print(f"ok: 7 limits refused with status + counter, {len(n503)}/24 of a burst got 503 + Retry-After, "
+print(f"ok: 7 limits refused with status + counter (2 on the router), {len(n503)}/24 of a burst got 503 + Retry-After, "
       "idle connections closed, long waits kept")
 EOF
-python3 "$T/limits.py" "$L_PORT" "$DEF_PORT" "$D_PORT" "$P_BOOT" || fail "limits checks"
+python3 "$T/limits.py" "$L_PORT" "$DEF_PORT" "$D_PORT" "$P_BOOT" "$RT_PORT" || fail "limits checks"
 # one log line per refusal, naming the limit
 for w in "--max-body-size" "--max-header-size" "--max-prompt-tokens" "--max-tokens-limit" "--max-n" "--max-stop-strings" "overloaded"; do
 	grep -q -- "$w" "$T/L.err" || fail "no log line for $w"
