@@ -39,6 +39,14 @@
  * the pool; nothing is staged. A frame for an unknown or failed room is read
  * into a scratch buffer and dropped.
  *
+ * Cluster secret: with cfg.secret every connection (tcp bootstrap, shm
+ * unix) starts in CS_AUTH: both sides send AUTH_CHALLENGE at once, answer
+ * the other's with AUTH_RESPONSE, and only when both checks passed does the
+ * decode send HELLO (auth.h, docs/PROTOCOL.md 2.1). In CS_AUTH nothing else
+ * is accepted (frames of at most 1 KiB); a failure refuses the peer: the
+ * prefill logs its address and answers REJECT, the decode fails the
+ * connection's rooms with "disaggregation secret rejected by HOST:PORT".
+ *
  * Left out: UCX/RDMA (its own backend, later), TLS, more than one data
  * connection per peer pair.
  */
