@@ -19,7 +19,7 @@ CC      ?= cc
 OPT     ?= -O2
 SAN     ?=
 CFLAGS  ?=
-PKGS    := libevent libevent_pthreads json-c libcurl
+PKGS    := libevent libevent_pthreads json-c libcurl libcrypto
 # UCX is optional: without it the ucx transfer backend reports itself unavailable.
 HAVE_UCX := $(shell pkg-config --exists ucx 2>/dev/null && echo 1)
 ifeq ($(HAVE_UCX),1)

@@ -14,9 +14,10 @@ set -euo pipefail
 BUILD_PKGS=(
 	build-essential pkg-config
 	libevent-dev libjson-c-dev libcurl4-openssl-dev libucx-dev
+	libssl-dev                   # libcrypto: HMAC-SHA256 for --disaggregation-secret
 )
 RUNTIME_PKGS=(
-	libevent-2.1-7 libevent-pthreads-2.1-7 libjson-c5 libcurl4 libucx0
+	libevent-2.1-7 libevent-pthreads-2.1-7 libjson-c5 libcurl4 libucx0 libssl3
 	curl
 )
 TEST_PKGS=(

@@ -110,3 +110,9 @@ int cmd_parse_float(const char *s, double lo, double hi, double *out)
 	*out = v;
 	return 0;
 }
+
+int cmd_host_is_loopback(const char *host)
+{
+	return host && (!strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "::1") ||
+			!strcmp(host, "[::1]"));
+}

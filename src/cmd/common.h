@@ -22,4 +22,8 @@ int cmd_kv_dtype(const char *s);
 int cmd_parse_int(const char *s, long lo, long hi, long *out);
 int cmd_parse_float(const char *s, double lo, double hi, double *out);
 
+/* Whether a --host value only listens on this machine: "localhost", 127.x,
+   ::1. "0.0.0.0", "::" and other addresses are not. */
+int cmd_host_is_loopback(const char *host);
+
 #endif

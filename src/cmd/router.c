@@ -65,7 +65,9 @@ static void usage(FILE *f)
 		"  --disable-circuit-breaker\n"
 		"  --request-timeout-secs S             whole request (default 1800)\n"
 		"  --max-payload-size BYTES             request body limit (default 536870912); larger gets 413\n"
+		"  --max-header-size BYTES              request line + headers (default 65536); larger gets 431\n"
 		"  --api-key KEY                        clients must send Bearer KEY; sent to workers too\n"
+		"  --worker-api-key KEY                 sent to workers instead of --api-key (their --api-key)\n"
 		"  --log-level debug|info|warning|error\n"
 		"  --check-args                         parse and validate the flags and worker URLs, print the\n"
 		"                                       resolved configuration, exit 0 (2 on a bad flag); binds nothing\n"
@@ -80,7 +82,7 @@ typedef enum { K_FLAG, K_ONE, K_MULTI, K_PREFILL } opt_kind;
 enum {
 	O_HOST, O_PORT, O_WORKERS, O_PD, O_PREFILL, O_DECODE, O_PHOSTS, O_DHOSTS, O_POLICY, O_PPOLICY, O_DPOLICY,
 	O_CACHE_T, O_ABS_T, O_REL_T, O_EVICT, O_TREE, O_HC_IV, O_HC_TO, O_HC_FAIL, O_HC_OK, O_HC_EP, O_RETRIES,
-	O_BACKOFF, O_MAXBACKOFF, O_NORETRY, O_CB_FAIL, O_CB_OK, O_CB_TO, O_NOCB, O_TIMEOUT, O_PAYLOAD, O_KEY, O_LOG,
+	O_BACKOFF, O_MAXBACKOFF, O_NORETRY, O_CB_FAIL, O_CB_OK, O_CB_TO, O_NOCB, O_TIMEOUT, O_PAYLOAD, O_HEADER, O_KEY, O_WKEY, O_LOG,
 	O_PROM_PORT, O_PROM_HOST, O_IGN_ONE, O_IGN_FLAG, O_HELP, O_CHECK,
 };
 
@@ -122,7 +124,9 @@ static const struct {
 	{ "disable-circuit-breaker", O_NOCB, K_FLAG },
 	{ "request-timeout-secs", O_TIMEOUT, K_ONE },
 	{ "max-payload-size", O_PAYLOAD, K_ONE },
+	{ "max-header-size", O_HEADER, K_ONE },
 	{ "api-key", O_KEY, K_ONE },
+	{ "worker-api-key", O_WKEY, K_ONE },
 	{ "log-level", O_LOG, K_ONE },
 	{ "prometheus-port", O_PROM_PORT, K_ONE },
 	{ "prometheus-host", O_PROM_HOST, K_ONE },
@@ -338,7 +342,9 @@ static int parse_args(int argc, char **argv, rt_opts *o)
 		case O_NOCB: c->wpolicy.cb_disabled = true; break;
 		case O_TIMEOUT: if (cmd_parse_float(v, 0.001, 1e7, &d)) bad = "--request-timeout-secs"; c->request_timeout_s = d; break;
 		case O_PAYLOAD: if (cmd_parse_int(v, 1024, 1L << 40, &n)) bad = "--max-payload-size"; c->max_payload = (size_t)n; break;
+		case O_HEADER: if (cmd_parse_int(v, 1024, 1L << 24, &n)) bad = "--max-header-size"; c->max_header_size = (size_t)n; break;
 		case O_KEY: c->api_key = v; break;
+		case O_WKEY: c->worker_api_key = v; break;
 		case O_LOG:
 			if (log_level_parse(v) < 0)
 				bad = "--log-level";
@@ -450,6 +456,9 @@ int cmd_router(int argc, char **argv)
 	o.cfg.pd = o.pd_flag || n_pd > 0;
 	if (o.check_args)
 		return check_resolved(&o);
+	if (!cmd_host_is_loopback(o.cfg.host ? o.cfg.host : "127.0.0.1"))
+		LOGW("router", "--host %s: reachable from other machines (the operator's choice; default 127.0.0.1, "
+		     "see docs/SECURITY.md)%s", o.cfg.host, o.cfg.api_key && *o.cfg.api_key ? "" : "; no --api-key set");
 	char err[ERR_LEN];
 	router *r = router_create(&o.cfg, err);
 	if (!r) {

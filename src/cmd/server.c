@@ -45,6 +45,7 @@
 #include "model/chat_template.h"
 #include "model/gguf.h"
 #include "server/http.h"
+#include "server/openai.h"
 
 static void usage(FILE *f)
 {
@@ -69,6 +70,12 @@ static void usage(FILE *f)
 		"  --chat-template NAME|FILE      template family name or a Jinja file (default: from the GGUF)\n"
 		"  --api-key KEY                  require Authorization: Bearer KEY\n"
 		"  --max-body-size BYTES          largest request body (default 33554432); larger gets 413\n"
+		"  --max-header-size BYTES        request line + headers (default 65536); larger gets 431\n"
+		"  --max-prompt-tokens N          prompt tokens per request (default: the context length); more: 400\n"
+		"  --max-tokens-limit N           largest max_tokens a request may ask for (default: the context); more: 400\n"
+		"  --max-n N                      choices per prompt, 1..64 (default 64); more: 400\n"
+		"  --max-stop-strings N           stop strings per request, 1..32 (default 32); more: 400\n"
+		"  --idle-timeout-secs S          close connections idle this long (default 60; 0 = never)\n"
 		"  --log-level debug|info|warning|error\n"
 		"  --tp N, --dp N                 only 1 for now\n"
 		"  --dist-init-addr HOST:PORT, --nnodes N, --node-rank R   multi-node tensor parallel:\n"
@@ -80,6 +87,8 @@ static void usage(FILE *f)
 		"  --num-reserved-decode-tokens N      decode: KV reserved beyond the prompt (default 512)\n"
 		"  --check-args                   parse and validate the flags, print the resolved configuration,\n"
 		"                                 exit 0 (2 on a bad flag); starts nothing, loads no model\n"
+		"  --disaggregation-secret S           cluster secret: bootstrap/transfer peers must prove it\n"
+		"                                      (default $PDSERVE_DISAGGREGATION_SECRET; docs/SECURITY.md)\n"
 		"  accepted and ignored: --trust-remote-code --disable-cuda-graph --dtype --enable-metrics\n"
 		"    --log-requests --skip-server-warmup --random-seed --device --base-gpu-id --attention-backend\n"
 		"    --sampling-backend --cuda-graph-max-bs --tokenizer-path --tokenizer-mode\n");
@@ -87,10 +96,11 @@ static void usage(FILE *f)
 
 typedef struct {
 	const char *model, *host, *served, *chat_template, *api_key, *policy, *disagg, *kv, *log_level;
-	const char *backend, *ib_device, *dist_init_addr;
+	const char *backend, *ib_device, *dist_init_addr, *secret;
 	long bootstrap_port, reserved_decode, nnodes, node_rank;
 	int dist_flags; /* how many of --dist-init-addr/--nnodes/--node-rank were given */
 	long port, threads, ctx, page, max_total, max_running, max_queued, max_prefill, chunk, tp, dp, body;
+	long header, max_prompt, max_new, max_n, max_stop, idle;
 	double mem_frac;
 	int disable_radix;
 	int check_args;
@@ -101,6 +111,7 @@ enum {
 	O_MODEL = 256, O_HOST, O_PORT, O_SERVED, O_THREADS, O_CTX, O_PAGE, O_MEMF, O_MAXTOT, O_MAXRUN, O_MAXQ,
 	O_MAXPRE, O_CHUNK, O_POLICY, O_NORADIX, O_KV, O_TMPL, O_KEY, O_BODY, O_LOG, O_TP, O_DP, O_DISAGG,
 	O_IGN_ARG, O_IGN_FLAG, O_BACKEND, O_BOOTPORT, O_IBDEV, O_RESERVED, O_DIST, O_NNODES, O_NODERANK, O_CHECK,
+	O_SECRET, O_HEADER, O_MAXPROMPT, O_MAXNEW, O_MAXN, O_MAXSTOP, O_IDLE,
 };
 
 static int parse_args(int argc, char **argv, srv_opts *o)
@@ -126,6 +137,12 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		{ "chat-template", required_argument, 0, O_TMPL },
 		{ "api-key", required_argument, 0, O_KEY },
 		{ "max-body-size", required_argument, 0, O_BODY },
+		{ "max-header-size", required_argument, 0, O_HEADER },
+		{ "max-prompt-tokens", required_argument, 0, O_MAXPROMPT },
+		{ "max-tokens-limit", required_argument, 0, O_MAXNEW },
+		{ "max-n", required_argument, 0, O_MAXN },
+		{ "max-stop-strings", required_argument, 0, O_MAXSTOP },
+		{ "idle-timeout-secs", required_argument, 0, O_IDLE },
 		{ "log-level", required_argument, 0, O_LOG },
 		{ "tp", required_argument, 0, O_TP },
 		{ "tp-size", required_argument, 0, O_TP },
@@ -138,6 +155,7 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		{ "disaggregation-bootstrap-port", required_argument, 0, O_BOOTPORT },
 		{ "disaggregation-ib-device", required_argument, 0, O_IBDEV },
 		{ "num-reserved-decode-tokens", required_argument, 0, O_RESERVED },
+		{ "disaggregation-secret", required_argument, 0, O_SECRET },
 		{ "dist-init-addr", required_argument, 0, O_DIST },
 		{ "nnodes", required_argument, 0, O_NNODES },
 		{ "node-rank", required_argument, 0, O_NODERANK },
@@ -194,6 +212,12 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		case O_TMPL: o->chat_template = optarg; break;
 		case O_KEY: o->api_key = optarg; break;
 		case O_BODY: if (cmd_parse_int(optarg, 1024, 1L << 34, &o->body)) bad = "--max-body-size"; break;
+		case O_HEADER: if (cmd_parse_int(optarg, 1024, 1L << 24, &o->header)) bad = "--max-header-size"; break;
+		case O_MAXPROMPT: if (cmd_parse_int(optarg, 1, 1 << 24, &o->max_prompt)) bad = "--max-prompt-tokens"; break;
+		case O_MAXNEW: if (cmd_parse_int(optarg, 1, 1 << 24, &o->max_new)) bad = "--max-tokens-limit"; break;
+		case O_MAXN: if (cmd_parse_int(optarg, 1, OPENAI_MAX_N, &o->max_n)) bad = "--max-n"; break;
+		case O_MAXSTOP: if (cmd_parse_int(optarg, 1, OPENAI_MAX_STOP, &o->max_stop)) bad = "--max-stop-strings"; break;
+		case O_IDLE: if (cmd_parse_int(optarg, 0, 1L << 24, &o->idle)) bad = "--idle-timeout-secs"; break;
 		case O_LOG:
 			if (log_level_parse(optarg) < 0)
 				bad = "--log-level";
@@ -211,6 +235,7 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		case O_BACKEND: o->backend = optarg; break;
 		case O_BOOTPORT: if (cmd_parse_int(optarg, 1, 65535, &o->bootstrap_port)) bad = "--disaggregation-bootstrap-port"; break;
 		case O_IBDEV: o->ib_device = optarg; break;
+		case O_SECRET: o->secret = optarg; break;
 		case O_RESERVED: if (cmd_parse_int(optarg, 0, 1 << 20, &o->reserved_decode)) bad = "--num-reserved-decode-tokens"; break;
 		case O_DIST: o->dist_init_addr = optarg; o->dist_flags++; break;
 		case O_NNODES: if (cmd_parse_int(optarg, 1, 1 << 16, &o->nnodes)) bad = "--nnodes"; o->dist_flags++; break;
@@ -354,7 +379,9 @@ int cmd_server(int argc, char **argv)
 {
 	srv_opts o = { .host = "127.0.0.1", .port = 30000, .policy = "fcfs", .disagg = "null", .kv = "auto",
 		       .log_level = "info", .tp = 1, .dp = 1, .body = 32L << 20, .backend = "tcp",
-		       .bootstrap_port = 8998, .reserved_decode = 512, .nnodes = 1 };
+		       .bootstrap_port = 8998, .reserved_decode = 512, .nnodes = 1, .header = 64L << 10,
+		       .max_n = OPENAI_MAX_N, .max_stop = OPENAI_MAX_STOP, .idle = 60 };
+	o.secret = getenv("PDSERVE_DISAGGREGATION_SECRET");
 	int rc = parse_args(argc, argv, &o);
 	if (rc)
 		return rc == 1 ? 0 : rc;
@@ -371,10 +398,21 @@ int cmd_server(int argc, char **argv)
 	chat_tmpl_family fam;
 	if (chat_family(o.chat_template, path, &fam) < 0)
 		return 2;
+	if (!cmd_host_is_loopback(o.host))
+		LOGW("server", "--host %s: HTTP%s reachable from other machines (the operator's choice; "
+		     "default 127.0.0.1, see docs/SECURITY.md)%s", o.host,
+		     strcmp(o.disagg, "null") && !strcmp(o.disagg, "prefill") ? " and the bootstrap port are" : " is",
+		     o.api_key && *o.api_key ? "" : "; no --api-key set");
 
 	/* what /get_server_info shows (the API key is never echoed) */
 	char port_s[16], ctx_s[16], page_s[16], memf_s[32], tot_s[24], run_s[16], pre_s[16], chunk_s[16], thr_s[16],
-		body_s[24], q_s[16];
+		body_s[24], q_s[16], hdr_s[24], mprompt_s[16], mnew_s[16], maxn_s[16], maxstop_s[16], idle_s[24];
+	snprintf(hdr_s, sizeof(hdr_s), "%ld", o.header);
+	snprintf(mprompt_s, sizeof(mprompt_s), "%ld", o.max_prompt);
+	snprintf(mnew_s, sizeof(mnew_s), "%ld", o.max_new);
+	snprintf(maxn_s, sizeof(maxn_s), "%ld", o.max_n);
+	snprintf(maxstop_s, sizeof(maxstop_s), "%ld", o.max_stop);
+	snprintf(idle_s, sizeof(idle_s), "%ld", o.idle);
 	snprintf(port_s, sizeof(port_s), "%ld", o.port);
 	snprintf(ctx_s, sizeof(ctx_s), "%ld", o.ctx);
 	snprintf(page_s, sizeof(page_s), "%ld", o.page ? o.page : 16);
@@ -406,12 +444,19 @@ int cmd_server(int argc, char **argv)
 		{ "chat_template", chat_template_name(fam), false },
 		{ "api_key_set", o.api_key && *o.api_key ? "true" : "false", true },
 		{ "max_body_size", body_s, true },
+		{ "max_header_size", hdr_s, true },
+		{ "max_prompt_tokens", o.max_prompt ? mprompt_s : "null", true },
+		{ "max_tokens_limit", o.max_new ? mnew_s : "null", true },
+		{ "max_n", maxn_s, true },
+		{ "max_stop_strings", maxstop_s, true },
+		{ "idle_timeout_secs", idle_s, true },
 		{ "log_level", o.log_level, false },
 		{ "threads", o.threads ? thr_s : "null", true },
 		{ "tp_size", "1", true },
 		{ "dp_size", "1", true },
 		{ "disaggregation_mode", o.disagg, false },
 		{ "disaggregation_transfer_backend", o.backend, false },
+		{ "disaggregation_secret_set", o.secret && *o.secret ? "true" : "false", true },
 	};
 	http_config hc = {
 		.host = o.host,
@@ -420,6 +465,12 @@ int cmd_server(int argc, char **argv)
 		.model_path = path,
 		.api_key = o.api_key,
 		.max_body_size = (size_t)o.body,
+		.max_header_size = (size_t)o.header,
+		.idle_timeout_s = o.idle ? (int)o.idle : -1,
+		.max_prompt_tokens = (int)o.max_prompt,
+		.max_new_tokens = (int)o.max_new,
+		.max_n = (int)o.max_n,
+		.max_stop = (int)o.max_stop,
 		.chat_family = fam,
 		.args = args,
 		.n_args = (int)(sizeof(args) / sizeof(args[0])),
@@ -433,12 +484,15 @@ int cmd_server(int argc, char **argv)
 				   .backend = backend,
 				   .host = o.host,
 				   .bootstrap_port = (int)o.bootstrap_port,
-				   .ib_devices = o.ib_device };
+				   .ib_devices = o.ib_device,
+				   .secret = o.secret };
 		xf = xfer_create(&xc, err);
 		if (!xf) {
 			fprintf(stderr, "pdserve server: %s\n", err);
 			return 1;
 		}
+		if (o.secret && *o.secret)
+			LOGI("server", "disaggregation secret set: %s peers must prove it", xc.role == XFER_PREFILL ? "decode" : "prefill");
 		hc.xf = xf;
 		hc.pd_role = xc.role;
 		hc.pd_backend = backend;

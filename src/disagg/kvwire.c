@@ -23,7 +23,8 @@ static double getf64(const uint8_t *p) { uint64_t u = get64(p); double d; memcpy
 const char *kvw_type_name(int type)
 {
 	static const char *names[] = { "?", "HELLO", "HELLO_OK", "REJECT", "SHM_ATTACH", "ROOM_DEST", "KV_DATA",
-				       "KV_WRITTEN", "AUX", "ROOM_FAIL", "ROOM_FAIL_ACK", "PING", "PONG", "UCX_INFO" };
+				       "KV_WRITTEN", "AUX", "ROOM_FAIL", "ROOM_FAIL_ACK", "PING", "PONG", "UCX_INFO",
+				       "AUTH_CHALLENGE", "AUTH_RESPONSE" };
 	return type >= 1 && type <= KVW_TYPE_MAX ? names[type] : "?";
 }
 

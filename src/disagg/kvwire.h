@@ -34,7 +34,9 @@ typedef enum {
 	KVW_PING = 11,
 	KVW_PONG = 12,
 	KVW_UCX_INFO = 13,
-	KVW_TYPE_MAX = 13,
+	KVW_AUTH_CHALLENGE = 14, /* both ways, first frame when a secret is set: 32-byte nonce */
+	KVW_AUTH_RESPONSE = 15,  /* HMAC-SHA256(secret, peer's nonce || own role), 32 bytes */
+	KVW_TYPE_MAX = 15,
 } kvw_type;
 
 typedef enum { KVW_BACKEND_TCP = 1, KVW_BACKEND_SHM = 2, KVW_BACKEND_UCX = 3 } kvw_backend;

@@ -39,6 +39,14 @@
  * the pool; nothing is staged. A frame for an unknown or failed room is read
  * into a scratch buffer and dropped.
  *
+ * Cluster secret: with cfg.secret every connection (tcp bootstrap, shm
+ * unix) starts in CS_AUTH: both sides send AUTH_CHALLENGE at once, answer
+ * the other's with AUTH_RESPONSE, and only when both checks passed does the
+ * decode send HELLO (auth.h, docs/PROTOCOL.md 2.1). In CS_AUTH nothing else
+ * is accepted (frames of at most 1 KiB); a failure refuses the peer: the
+ * prefill logs its address and answers REJECT, the decode fails the
+ * connection's rooms with "disaggregation secret rejected by HOST:PORT".
+ *
  * Left out: UCX/RDMA (its own backend, later), TLS, more than one data
  * connection per peer pair.
  */
@@ -69,6 +77,7 @@
 #include "base/alloc.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "disagg/auth.h"
 #include "disagg/kvwire.h"
 #include "disagg/ucx.h"
 #include "engine/kvcache.h"
@@ -108,7 +117,8 @@ typedef struct outmsg {
 	int pass_fd; /* sent with SCM_RIGHTS along with the first byte, or -1 */
 } outmsg;
 
-typedef enum { CS_CONNECTING, CS_HELLO, CS_ATTACH, CS_READY, CS_CLOSING, CS_DEAD } cstate;
+/* CS_AUTH only with a secret: between connect/accept and HELLO (auth.h) */
+typedef enum { CS_CONNECTING, CS_AUTH, CS_HELLO, CS_ATTACH, CS_READY, CS_CLOSING, CS_DEAD } cstate;
 
 typedef struct room room;
 
@@ -145,6 +155,10 @@ typedef struct conn {
 	/* prefill side, ucx: the endpoint into the decode's pool */
 	ucx_peer *up;
 	bool peer_closed; /* EOF from the peer: it has stopped (or died) */
+	/* cluster secret (CS_AUTH): our challenge, and how far the exchange is */
+	uint8_t nonce[AUTH_NONCE];
+	bool auth_answered; /* we sent our MAC of the peer's nonce */
+	bool auth_verified; /* the peer's MAC of our nonce was right */
 } conn;
 
 typedef enum { RS_BOOT, RS_WAITING, RS_TRANSFER, RS_SUCCESS, RS_FAILED, RS_CANCELLING } rstate;
@@ -542,7 +556,10 @@ static void conn_kill(xfer *x, conn *c, const char *why)
 {
 	if (c->st == CS_DEAD)
 		return;
-	LOGW(TAG, "connection %s closed: %s", c->peer, why);
+	if (c->st == CS_AUTH && x->cfg.role == XFER_PREFILL)
+		LOGW(TAG, "refused decode %s: disaggregation secret: no answer to the challenge (%s)", c->peer, why);
+	else
+		LOGW(TAG, "connection %s closed: %s", c->peer, why);
 	c->st = CS_DEAD;
 	if (c->up) {
 		ucx_peer_close(c->up); /* pending flushes complete (with errors) in here */
@@ -638,6 +655,98 @@ static void fail_room(xfer *x, room *r, const char *why)
 	}
 	stats_add(x, 0, 1, 0, 0);
 	room_free(x, r);
+}
+
+/* ---------------------------------------------------------------- cluster secret */
+
+static bool have_secret(const xfer *x)
+{
+	return x->cfg.secret && *x->cfg.secret;
+}
+
+static const char *role_name(xfer_role r)
+{
+	return r == XFER_PREFILL ? "prefill" : "decode";
+}
+
+/* With a secret, every connection opens with both sides' challenges; HELLO
+   (decode) and its processing (prefill) wait until each side has answered the
+   other's nonce and checked the answer to its own. */
+static void auth_start(xfer *x, conn *c)
+{
+	c->st = CS_AUTH;
+	c->t_open = clock_now_s();
+	if (auth_nonce(c->nonce) < 0) {
+		conn_kill(x, c, "no randomness for the disaggregation secret's nonce");
+		return;
+	}
+	send_frame(c, KVW_AUTH_CHALLENGE, 0, c->nonce, AUTH_NONCE, -1);
+}
+
+static void send_hello(xfer *x, conn *c);
+
+/* The secret handshake failed on c: the prefill logs the peer, answers REJECT
+   and closes; the decode fails the connection's rooms with the reason. */
+static void auth_fail(xfer *x, conn *c, const char *fault)
+{
+	if (x->cfg.role == XFER_PREFILL) {
+		LOGW(TAG, "refused decode %s: disaggregation secret: %s", c->peer, fault);
+		send_text(c, KVW_REJECT, 0, fault);
+		c->st = CS_CLOSING;
+		return;
+	}
+	char why[ERR_LEN + 160];
+	snprintf(why, sizeof(why), "disaggregation secret rejected by %s: %.200s", c->peer, fault);
+	conn_kill(x, c, why);
+}
+
+/* AUTH_CHALLENGE / AUTH_RESPONSE, and any frame while in CS_AUTH. */
+static void on_auth(xfer *x, conn *c, const kvw_hdr *h, const uint8_t *p, size_t len)
+{
+	bool prefill = x->cfg.role == XFER_PREFILL;
+	const char *secret = x->cfg.secret;
+	uint8_t mac[AUTH_MAC];
+	char txt[256];
+	const char *fault = NULL;
+	if (h->type == KVW_REJECT && !prefill) {
+		snprintf(txt, sizeof(txt), "%.*s", (int)(len > 200 ? 200 : len), (const char *)p);
+		fault = txt;
+	} else if (!have_secret(x)) {
+		fault = prefill ? "the decode has a secret; this prefill has none"
+				: "it requires one; this decode has none";
+	} else if (c->st != CS_AUTH) {
+		fault = "secret handshake frame after the handshake";
+	} else if (h->type == KVW_AUTH_CHALLENGE) {
+		if (len != AUTH_NONCE || c->auth_answered)
+			fault = "malformed or repeated challenge";
+		else if (auth_mac(secret, strlen(secret), p, role_name(x->cfg.role), mac) < 0)
+			fault = "cannot compute the HMAC";
+		else {
+			send_frame(c, KVW_AUTH_RESPONSE, 0, mac, AUTH_MAC, -1);
+			c->auth_answered = true;
+		}
+	} else if (h->type == KVW_AUTH_RESPONSE) {
+		if (len != AUTH_MAC || c->auth_verified ||
+		    auth_mac(secret, strlen(secret), c->nonce, role_name(prefill ? XFER_DECODE : XFER_PREFILL), mac) < 0 ||
+		    !auth_equal(p, mac))
+			fault = "wrong answer to the challenge (another secret?)";
+		else
+			c->auth_verified = true;
+	} else {
+		fault = prefill ? "no answer to the challenge (no secret?)"
+				: "frame before the secret handshake";
+	}
+	if (fault) {
+		auth_fail(x, c, fault);
+		return;
+	}
+	if (c->auth_answered && c->auth_verified) {
+		LOGD(TAG, "%s: disaggregation secret verified both ways", c->peer);
+		c->st = CS_HELLO;
+		c->t_open = clock_now_s();
+		if (!prefill)
+			send_hello(x, c);
+	}
 }
 
 /* ---------------------------------------------------------------- decode side */
@@ -815,7 +924,10 @@ static void on_hello_ok(xfer *x, conn *c, const uint8_t *p, size_t len)
 	snprintf(u->key, sizeof(u->key), "%s", c->key);
 	u->peer_pid = pid;
 	u->st = CS_HELLO;
-	send_hello(x, u);
+	if (have_secret(x))
+		auth_start(x, u);
+	else
+		send_hello(x, u);
 	for (int i = 0; i < x->n_rooms; i++)
 		if (x->rooms[i]->c == c)
 			x->rooms[i]->c = u;
@@ -1267,6 +1379,12 @@ static void on_frame(xfer *x, conn *c, const kvw_hdr *h, const uint8_t *p, size_
 {
 	char err[ERR_LEN];
 	bool prefill = x->cfg.role == XFER_PREFILL;
+	if (prefill && c->st == CS_CLOSING)
+		return; /* refused (REJECT queued): nothing more from this peer counts */
+	if (c->st == CS_AUTH || h->type == KVW_AUTH_CHALLENGE || h->type == KVW_AUTH_RESPONSE) {
+		on_auth(x, c, h, p, len);
+		return;
+	}
 	if (!prefill && (c->st == CS_HELLO || c->st == CS_CONNECTING) && h->type != KVW_HELLO_OK &&
 	    h->type != KVW_REJECT) {
 		conn_kill(x, c, "frame before the handshake");
@@ -1492,6 +1610,14 @@ static void conn_rx(xfer *x, conn *c)
 				size_t limit = c->h.type == KVW_KV_DATA ? KVW_MAX_LEN
 					       : c->h.type == KVW_ROOM_DEST ? kvw_room_dest_size(MAX_ROOM_PAGES)
 									   : MAX_SMALL_FRAME;
+				if (c->st == CS_AUTH && (c->h.type == KVW_KV_DATA || c->h.len > 1024)) {
+					snprintf(err, sizeof(err), "%s frame of %llu bytes before the secret handshake",
+						 kvw_type_name(c->h.type), (unsigned long long)c->h.len);
+					if (x->cfg.role == XFER_PREFILL)
+						LOGW(TAG, "refused decode %s: disaggregation secret: %s", c->peer, err);
+					conn_kill(x, c, err);
+					return;
+				}
 				if (c->h.len > limit) {
 					snprintf(err, sizeof(err), "%s frame of %llu bytes (limit %zu)",
 						 kvw_type_name(c->h.type), (unsigned long long)c->h.len, limit);
@@ -1719,7 +1845,7 @@ static void tick(xfer *x)
 		conn *c = x->conns[i];
 		if (c->st == CS_DEAD || c->st == CS_CLOSING)
 			continue;
-		if (c->st == CS_CONNECTING || c->st == CS_HELLO || c->st == CS_ATTACH) {
+		if (c->st == CS_CONNECTING || c->st == CS_AUTH || c->st == CS_HELLO || c->st == CS_ATTACH) {
 			if (now - c->t_open > x->cfg.bootstrap_timeout)
 				conn_kill(x, c, "handshake timed out");
 			continue;
@@ -1811,8 +1937,11 @@ static void accept_all(xfer *x, int lfd, bool is_unix)
 			int one = 1;
 			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		}
-		if (!conn_new(x, fd, is_unix, false, peer))
+		conn *c = conn_new(x, fd, is_unix, false, peer);
+		if (!c)
 			close(fd);
+		else if (have_secret(x))
+			auth_start(x, c);
 	}
 }
 
@@ -1895,7 +2024,10 @@ static void *thread_main(void *arg)
 				}
 				c->st = CS_HELLO;
 				c->last_rx = clock_now_s();
-				send_hello(x, c);
+				if (have_secret(x))
+					auth_start(x, c);
+				else
+					send_hello(x, c);
 			}
 			if (re & (POLLIN | POLLHUP | POLLERR))
 				conn_rx(x, c);

@@ -37,6 +37,8 @@ typedef struct {
 	double heartbeat_interval; /* 0 = $SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL or 5 */
 	int heartbeat_max_failure; /* 0 = $SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE or 2 */
 	const char *ib_devices;    /* ucx: --disaggregation-ib-device, or NULL */
+	const char *secret;        /* cluster secret (borrowed), NULL/"" = none: peers must then prove
+				      they know it before any other frame (auth.h, docs/SECURITY.md) */
 } xfer_config;
 
 typedef struct xfer xfer;

@@ -149,6 +149,7 @@ typedef struct {
 	uint64_t requests[R_COUNT];
 	uint64_t responses[R_COUNT][N_CODES + 3]; /* + 502, 503, 504 */
 	uint64_t retries, client_gone, no_worker, upstream_errors, cache_hits, cache_misses, lb_events, timeouts;
+	uint64_t rejected_body, rejected_header; /* over --max-payload-size / --max-header-size */
 	histo ttft, e2e;
 } rmetrics;
 
@@ -289,6 +290,7 @@ static const char *reason(int status)
 	case 405: return "Method Not Allowed";
 	case 413: return "Payload Too Large";
 	case 429: return "Too Many Requests";
+	case 431: return "Request Header Fields Too Large";
 	case 499: return "Client Closed Request";
 	case 500: return "Internal Server Error";
 	case 502: return "Bad Gateway";
@@ -1846,7 +1848,10 @@ static json_object *router_json(router *r)
 	json_object_object_add(o, "cb_timeout_duration_secs", json_object_new_double(r->cfg.wpolicy.cb_timeout_s));
 	json_object_object_add(o, "request_timeout_secs", json_object_new_double(r->cfg.request_timeout_s));
 	json_object_object_add(o, "max_payload_size", json_object_new_int64((int64_t)r->cfg.max_payload));
+	json_object_object_add(o, "max_header_size", json_object_new_int64((int64_t)r->cfg.max_header_size));
 	json_object_object_add(o, "api_key_set", json_object_new_boolean(r->cfg.api_key && *r->cfg.api_key));
+	json_object_object_add(o, "worker_api_key_set",
+			       json_object_new_boolean(r->cfg.worker_api_key && *r->cfg.worker_api_key));
 	json_object_object_add(o, "requests_in_flight", json_object_new_int(r->n_reqs));
 	json_object_object_add(o, "uptime_secs", json_object_new_double((double)(clock_now_ns() - r->started_ns) * 1e-9));
 	return o;
@@ -2122,6 +2127,12 @@ static void handle_metrics(router *r, struct evhttp_request *req)
 	metric_line(b, "pdserve:router_client_disconnects_total", "counter",
 		    "Requests whose client left first (both upstream requests cancelled).");
 	evbuffer_add_printf(b, "pdserve:router_client_disconnects_total %llu\n", (unsigned long long)r->m.client_gone);
+	metric_line(b, "pdserve:router_requests_rejected_total", "counter",
+		    "Requests refused for exceeding a configured limit, by limit.");
+	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"body_size\"} %llu\n",
+			    (unsigned long long)r->m.rejected_body);
+	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"header_size\"} %llu\n",
+			    (unsigned long long)r->m.rejected_header);
 	metric_line(b, "pdserve:router_timeouts_total", "counter", "Requests past --request-timeout-secs.");
 	evbuffer_add_printf(b, "pdserve:router_timeouts_total %llu\n", (unsigned long long)r->m.timeouts);
 	metric_line(b, "sgl_router_cache_hits_total", "counter", "cache_aware picks above the cache threshold.");
@@ -2211,6 +2222,31 @@ static bool authorized(router *r, struct evhttp_request *req)
 	return diff == 0;
 }
 
+/* 431 / 413 (JSON, counted) for a request over --max-header-size /
+   --max-payload-size; libevent holds twice those and cuts off what is
+   beyond (its own HTML 413 / 400). The connection closes after the answer. */
+static bool refuse_size(router *r, struct evhttp_request *req, route_id id)
+{
+	const char *uri = evhttp_request_get_uri(req);
+	size_t hdr = (uri ? strlen(uri) : 0) + 16;
+	for (struct evkeyval *kv = evhttp_request_get_input_headers(req)->tqh_first; kv; kv = kv->next.tqe_next)
+		hdr += strlen(kv->key) + strlen(kv->value) + 4;
+	size_t len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
+	if (hdr <= r->cfg.max_header_size && len <= r->cfg.max_payload)
+		return false;
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+	if (hdr > r->cfg.max_header_size) {
+		r->m.rejected_header++;
+		reply_error(r, req, id, 431, "request headers of %zu bytes: more than --max-header-size %zu", hdr,
+			    r->cfg.max_header_size);
+	} else {
+		r->m.rejected_body++;
+		reply_error(r, req, id, 413, "request body of %zu bytes: more than --max-payload-size %zu", len,
+			    r->cfg.max_payload);
+	}
+	return true;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
 	router *r = arg;
@@ -2252,6 +2288,8 @@ static void on_request(struct evhttp_request *req, void *arg)
 		reply_error(r, req, id, 405, "%s: use %s", path, allow);
 		return;
 	}
+	if (refuse_size(r, req, id))
+		return;
 	if (!ROUTES[ri].open && !authorized(r, req)) {
 		reply_error(r, req, id, 401, "missing or wrong API key: send Authorization: Bearer <key>");
 		return;
@@ -2382,16 +2420,25 @@ router *router_create(const router_config *cfg, char err[ERR_LEN])
 		r->cfg.health_interval_s = 60;
 	if (!r->cfg.max_payload)
 		r->cfg.max_payload = (size_t)512 << 20;
+	if (!r->cfg.max_header_size)
+		r->cfg.max_header_size = (size_t)64 << 10;
 	if (r->cfg.max_idle_per_worker <= 0)
 		r->cfg.max_idle_per_worker = 64;
 	if (r->cfg.max_retries < 0)
 		r->cfg.max_retries = 0;
-	if (cfg->api_key && *cfg->api_key) {
-		if (strlen(cfg->api_key) > 256 || strpbrk(cfg->api_key, "\r\n")) {
-			err_set(err, ERR_INVAL, "--api-key: at most 256 characters, no line breaks");
+	for (int k = 0; k < 2; k++) {
+		const char *key = k ? cfg->worker_api_key : cfg->api_key;
+		if (key && *key && (strlen(key) > 256 || strpbrk(key, "\r\n"))) {
+			err_set(err, ERR_INVAL, "%s: at most 256 characters, no line breaks",
+				k ? "--worker-api-key" : "--api-key");
 			goto fail;
 		}
-		snprintf(r->auth_line, sizeof(r->auth_line), "Authorization: Bearer %s\r\n", cfg->api_key);
+	}
+	{
+		/* workers get --worker-api-key, else the router's own --api-key */
+		const char *wk = cfg->worker_api_key && *cfg->worker_api_key ? cfg->worker_api_key : cfg->api_key;
+		if (wk && *wk)
+			snprintf(r->auth_line, sizeof(r->auth_line), "Authorization: Bearer %s\r\n", wk);
 	}
 	r->rng = cfg->seed ? cfg->seed : (uint64_t)clock_now_ns() ^ ((uint64_t)getpid() << 32);
 	r->started_ns = clock_now_ns();
@@ -2410,8 +2457,10 @@ router *router_create(const router_config *cfg, char err[ERR_LEN])
 	r->dns = evdns_base_new(r->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
 	if (!r->dns && (r->dns = evdns_base_new(r->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE)))
 		evdns_base_load_hosts(r->dns, NULL);
-	evhttp_set_max_body_size(r->http, (ev_ssize_t)r->cfg.max_payload);
-	evhttp_set_max_headers_size(r->http, 64 << 10);
+	/* twice the limits: refuse_size answers between one and two times */
+	evhttp_set_max_body_size(r->http, (ev_ssize_t)(r->cfg.max_payload > SIZE_MAX / 4 ? r->cfg.max_payload
+											 : 2 * r->cfg.max_payload));
+	evhttp_set_max_headers_size(r->http, (ev_ssize_t)(2 * r->cfg.max_header_size));
 	evhttp_set_allowed_methods(r->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
 						    EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
 	evhttp_set_flags(r->http, EVHTTP_SERVER_LINGERING_CLOSE);

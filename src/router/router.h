@@ -53,7 +53,9 @@ typedef struct {
 	int retry_max_backoff_ms;
 	double request_timeout_s;     /* whole request (default 1800) */
 	size_t max_payload;           /* request body bytes (default 512 MiB); larger: 413 */
+	size_t max_header_size;       /* request line + headers (default 64 KiB); larger: 431 */
 	const char *api_key;          /* NULL/"" = none; else clients need it, and workers get it */
+	const char *worker_api_key;   /* NULL/"" = api_key; else what workers get (their --api-key) */
 	double eviction_interval_s;   /* cache_aware tree trimming (default 120) */
 	int prometheus_port;          /* 0 = none; /metrics is on the main port anyway */
 	const char *prometheus_host;  /* NULL = host */

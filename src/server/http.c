@@ -45,11 +45,20 @@
  * every live sub (the engine frees its pages at its next step), end the
  * reply, and wait for the final events.
  *
+ * Limits. Each refusal is an OpenAI error with a status (413 body, 431
+ * headers, 400 prompt/max_tokens/n/stop, 503 + Retry-After queue full), one
+ * log line and pdserve:requests_rejected_total{reason}. Body and header
+ * sizes are checked here, on the whole request; libevent itself is given
+ * twice those limits, so a request far beyond them is cut off while it is
+ * read (libevent's own HTML 413 / 400, not counted) and memory stays
+ * bounded. A refused body's connection is closed after the answer.
+ * --idle-timeout-secs is libevent's connection timeout: a kept-alive
+ * connection with no request, or a client not reading its reply, is closed
+ * after that long (a request waiting for the engine is not idle: libevent
+ * does not read from it meanwhile).
+ *
  * Left out: TLS, HTTP/2, write back-pressure for slow streaming clients
- * (chunks queue in libevent's output buffer; the engine never waits), and a
- * JSON body on libevent's own 413 reply for bodies over --max-body-size
- * (libevent answers that one itself, before our callback runs, with its
- * HTML error page).
+ * (chunks queue in libevent's output buffer; the engine never waits).
  */
 #include "server/http.h"
 
@@ -154,6 +163,7 @@ static const char *reason(int status)
 	case 404: return "Not Found";
 	case 405: return "Method Not Allowed";
 	case 413: return "Payload Too Large";
+	case 431: return "Request Header Fields Too Large";
 	case 499: return "Client Closed Request";
 	case 500: return "Internal Server Error";
 	case 503: return "Service Unavailable";
@@ -212,6 +222,10 @@ static void reply_error_as(http_server *s, struct evhttp_request *req, const cha
 				  !strcmp(e->param, "GET") ? "GET, HEAD" : "POST");
 	if (e->status == 401)
 		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
+	if (e->status == 503)
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+	if (e->limit)
+		metrics_rejected(s->met, e->limit);
 	if (body)
 		reply_json(s, req, route, e->status, body, len);
 	else
@@ -661,8 +675,10 @@ static int call_submit(call *c, openai_error *e)
 		}
 		if (src < 0) {
 			abort_live(c);
-			if (src == ERR_FULL)
+			if (src == ERR_FULL) {
 				openai_error_set(e, 503, NULL, "%s; retry later", err);
+				e->limit = "queue_full";
+			}
 			else if (src == ERR_INVAL)
 				openai_error_set(e, 400, NULL, "%s", err);
 			else
@@ -1214,6 +1230,38 @@ static void set_nodelay(struct evhttp_request *req)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+/* The request line and headers as they came, give or take separators. */
+static size_t header_bytes(struct evhttp_request *req)
+{
+	const char *uri = evhttp_request_get_uri(req);
+	size_t n = (uri ? strlen(uri) : 0) + 16;
+	for (struct evkeyval *kv = evhttp_request_get_input_headers(req)->tqh_first; kv; kv = kv->next.tqe_next)
+		n += strlen(kv->key) + strlen(kv->value) + 4;
+	return n;
+}
+
+/* 431 / 413 when the request is over --max-header-size / --max-body-size;
+   the connection closes after the answer. true when refused. */
+static bool refuse_size(http_server *s, struct evhttp_request *req, const char *route)
+{
+	openai_error e;
+	size_t hdr = header_bytes(req), len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
+	if (hdr > s->cfg.max_header_size) {
+		openai_error_set(&e, 431, NULL, "request headers of %zu bytes: more than --max-header-size %zu", hdr,
+				 s->cfg.max_header_size);
+		e.limit = "header_size";
+	} else if (len > s->cfg.max_body_size) {
+		openai_error_set(&e, 413, NULL, "request body of %zu bytes: more than --max-body-size %zu", len,
+				 s->cfg.max_body_size);
+		e.limit = "body_size";
+	} else {
+		return false;
+	}
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+	reply_error(s, req, route, &e);
+	return true;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
 	http_server *s = arg;
@@ -1227,6 +1275,9 @@ static void on_request(struct evhttp_request *req, void *arg)
 	for (int i = 0; i < (int)(sizeof(ROUTES) / sizeof(ROUTES[0])); i++)
 		if (!strcmp(path, ROUTES[i].path))
 			r = i;
+	if (refuse_size(s, req, r < 0 ? "other" : ROUTES[r].id == R_TOKENIZE ? "/tokenize" :
+					       ROUTES[r].id == R_DETOKENIZE ? "/detokenize" : ROUTES[r].path))
+		return;
 	if (r < 0) {
 		openai_error_set(&e, 404, NULL, "no route %.100s", path);
 		reply_error(s, req, "other", &e);
@@ -1335,6 +1386,14 @@ http_server *http_server_create(const http_config *cfg, char err[ERR_LEN])
 		s->cfg.served_model_name = "default";
 	if (!s->cfg.max_body_size)
 		s->cfg.max_body_size = (size_t)32 << 20;
+	if (!s->cfg.max_header_size)
+		s->cfg.max_header_size = (size_t)64 << 10;
+	if (!s->cfg.idle_timeout_s)
+		s->cfg.idle_timeout_s = 60;
+	s->model.max_prompt_tokens = cfg->max_prompt_tokens;
+	s->model.max_new_tokens = cfg->max_new_tokens;
+	s->model.max_n = cfg->max_n;
+	s->model.max_stop = cfg->max_stop;
 	s->created = (int64_t)time(NULL);
 	s->rng = (uint64_t)clock_now_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ull;
 	s->model.chat_family = cfg->chat_family;
@@ -1345,8 +1404,14 @@ http_server *http_server_create(const http_config *cfg, char err[ERR_LEN])
 		err_set(err, ERR_NOMEM, "out of memory setting up the HTTP server");
 		goto fail;
 	}
-	evhttp_set_max_body_size(s->http, (ev_ssize_t)s->cfg.max_body_size);
-	evhttp_set_max_headers_size(s->http, 64 << 10);
+	/* twice our limits: between one and two times we answer (JSON, counted),
+	   beyond libevent cuts the request off while reading it */
+	size_t hard_body = s->cfg.max_body_size > SIZE_MAX / 4 ? s->cfg.max_body_size : 2 * s->cfg.max_body_size;
+	size_t hard_hdr = s->cfg.max_header_size > SIZE_MAX / 4 ? s->cfg.max_header_size : 2 * s->cfg.max_header_size;
+	evhttp_set_max_body_size(s->http, (ev_ssize_t)(hard_body > (size_t)INT64_MAX ? (size_t)INT64_MAX : hard_body));
+	evhttp_set_max_headers_size(s->http, (ev_ssize_t)(hard_hdr > (size_t)INT64_MAX ? (size_t)INT64_MAX : hard_hdr));
+	if (s->cfg.idle_timeout_s > 0)
+		evhttp_set_timeout(s->http, s->cfg.idle_timeout_s);
 	evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
 						    EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
 	evhttp_set_flags(s->http, EVHTTP_SERVER_LINGERING_CLOSE);

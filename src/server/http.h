@@ -52,6 +52,14 @@ typedef struct {
 	const char *model_path;
 	const char *api_key;           /* NULL or "" = no auth; else Bearer on every route but /health*, /metrics */
 	size_t max_body_size;          /* bytes; 0 = 32 MiB; larger bodies get 413 */
+	size_t max_header_size;        /* request line + headers, bytes; 0 = 64 KiB; larger get 431 */
+	int idle_timeout_s;            /* a connection idle (no request, or its peer not reading) this
+					  long is closed; 0 = 60, < 0 = never */
+	/* per-request limits (0 = only the context length and the parser's caps): 400 beyond */
+	int max_prompt_tokens;         /* --max-prompt-tokens */
+	int max_new_tokens;            /* --max-tokens-limit */
+	int max_n;                     /* --max-n */
+	int max_stop;                  /* --max-stop-strings */
 	chat_tmpl_family chat_family;  /* for /v1/chat/completions and /apply-template */
 	const http_arg *args;          /* [n_args] */
 	int n_args;

@@ -47,12 +47,19 @@ static const char *const ROUTES[] = {
 };
 #define N_ROUTES ((int)(sizeof(ROUTES) / sizeof(ROUTES[0])))
 
+/* limits a request can exceed (openai_error.limit); each always rendered */
+static const char *const REJECT_REASONS[] = {
+	"body_size", "header_size", "prompt_tokens", "max_tokens", "n", "stop", "queue_full", "other",
+};
+#define N_REJECT ((int)(sizeof(REJECT_REASONS) / sizeof(REJECT_REASONS[0])))
+
 struct metrics {
 	char *label; /* model_name="..." (escaped) */
 	int64_t prompt_tokens, generation_tokens, cached_tokens;
 	int64_t requests, aborted;
 	histogram ttft, itl, tpot, e2e;
 	int64_t http[N_ROUTES][500]; /* [route][status - 100] */
+	int64_t rejected[N_REJECT];
 };
 
 static void hist_init(histogram *h, const double *le, int n)
@@ -119,6 +126,15 @@ void metrics_http(metrics *m, const char *route, int status)
 			r = i;
 	if (status >= 100 && status < 600)
 		m->http[r][status - 100]++;
+}
+
+void metrics_rejected(metrics *m, const char *reason)
+{
+	int k = N_REJECT - 1;
+	for (int i = 0; reason && i < N_REJECT - 1; i++)
+		if (!strcmp(reason, REJECT_REASONS[i]))
+			k = i;
+	m->rejected[k]++;
 }
 
 void metrics_ttft(metrics *m, double s)
@@ -263,6 +279,11 @@ int metrics_render(const metrics *m, const engine_stats *st, char **out, size_t 
 			if (m->http[r][s])
 				put(&b, "pdserve:http_requests_total{%s,route=\"%s\",code=\"%d\"} %lld\n", m->label, ROUTES[r],
 				    s + 100, (long long)m->http[r][s]);
+	head(&b, "pdserve:requests_rejected_total", "counter",
+	     "Requests refused for exceeding a configured limit, by limit.");
+	for (int k = 0; k < N_REJECT; k++)
+		put(&b, "pdserve:requests_rejected_total{%s,reason=\"%s\"} %lld\n", m->label, REJECT_REASONS[k],
+		    (long long)m->rejected[k]);
 	if (b.oom || !b.p) {
 		alloc_free(b.p);
 		*out = NULL;

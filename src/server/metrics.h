@@ -32,6 +32,11 @@ void metrics_destroy(metrics *m); /* NULL is fine */
    count as "other"), status the HTTP status. */
 void metrics_http(metrics *m, const char *route, int status);
 
+/* One request refused for exceeding a configured limit: reason is an
+   openai_error.limit ("body_size", "header_size", "prompt_tokens",
+   "max_tokens", "n", "stop", "queue_full"); others count as "other". */
+void metrics_rejected(metrics *m, const char *reason);
+
 /* Time to first token, one inter-token gap, of one engine request. */
 void metrics_ttft(metrics *m, double seconds);
 void metrics_itl(metrics *m, double seconds);

@@ -50,7 +50,8 @@ int openai_error_set(openai_error *e, int status, const char *param, const char 
 	e->status = status;
 	switch (status) {
 	case 400:
-	case 413: e->type = "invalid_request_error"; break;
+	case 413:
+	case 431: e->type = "invalid_request_error"; break;
 	case 401: e->type = "authentication_error"; break;
 	case 404: e->type = "not_found_error"; break;
 	case 405: e->type = "method_not_allowed"; break;
@@ -58,6 +59,7 @@ int openai_error_set(openai_error *e, int status, const char *param, const char 
 	default: e->type = "server_error"; break;
 	}
 	e->code = NULL;
+	e->limit = NULL;
 	snprintf(e->param, sizeof(e->param), "%s", param ? param : "");
 	va_list ap;
 	va_start(ap, fmt);
@@ -403,9 +405,11 @@ static int parse_stop(json_object *o, const char *name, openai_request *r, opena
 	else if (!json_object_is_type(v, json_type_string))
 		return openai_error_set(e, 400, name, "%s: expected a string or a list of strings, got %s", name,
 					tname(v));
-	if (n > OPENAI_MAX_STOP)
-		return openai_error_set(e, 400, name, "%s: %zu stop strings is more than %d", name, n,
-					OPENAI_MAX_STOP);
+	if (n > OPENAI_MAX_STOP) {
+		openai_error_set(e, 400, name, "%s: %zu stop strings is more than %d", name, n, OPENAI_MAX_STOP);
+		e->limit = "stop";
+		return ERR_INVAL;
+	}
 	if (n == 0)
 		return 0;
 	r->stop = alloc_zeroed(n, sizeof(*r->stop));
@@ -695,12 +699,15 @@ static int parse_openai(json_object *root, openai_request *r, openai_error *e)
 	if (chat ? parse_messages(root, r, e) : parse_prompt(root, r, e))
 		return ERR_INVAL;
 	if (get_string(root, "model", "model", &r->model, e) || parse_sampling(root, "", r, e) ||
-	    get_int(root, "n", "n", 1, OPENAI_MAX_N, &r->n, e) || get_bool(root, "stream", "stream", &r->stream, e) ||
+	    get_int(root, "n", "n", 1, INT32_MAX, &r->n, e) || get_bool(root, "stream", "stream", &r->stream, e) ||
 	    get_int(root, "min_tokens", "min_tokens", 0, INT32_MAX, &r->min_tokens, e))
 		return ERR_INVAL;
 	json_object *v;
-	if ((v = field(root, "n")) && json_object_is_type(v, json_type_int) && json_object_get_int64(v) > OPENAI_MAX_N)
-		return openai_error_set(e, 400, "n", "n: at most %d", OPENAI_MAX_N);
+	if (r->n > OPENAI_MAX_N) {
+		openai_error_set(e, 400, "n", "n: at most %d", OPENAI_MAX_N);
+		e->limit = "n";
+		return ERR_INVAL;
+	}
 	if (chat && field(root, "max_completion_tokens")) {
 		if (get_int(root, "max_completion_tokens", "max_completion_tokens", 0, INT32_MAX, &r->max_tokens, e))
 			return ERR_INVAL;
@@ -869,6 +876,20 @@ int openai_check(const openai_request *r, const openai_model *m, openai_error *e
 		snprintf(param, sizeof(param), "%s%.*s", pfx, (int)(k < 40 ? k : 40), err);
 		return openai_error_set(e, 400, param, "%s%s", pfx, err);
 	}
+	if (m->max_n && r->n > m->max_n) {
+		openai_error_set(e, 400, "n", "n: %d choices is more than this server allows (%d, --max-n)", r->n,
+				 m->max_n);
+		e->limit = "n";
+		return ERR_INVAL;
+	}
+	if (m->max_stop && r->n_stop > m->max_stop) {
+		char param[64];
+		snprintf(param, sizeof(param), "%sstop", pfx);
+		openai_error_set(e, 400, param, "%s: %d stop strings is more than this server allows (%d, "
+				 "--max-stop-strings)", param, r->n_stop, m->max_stop);
+		e->limit = "stop";
+		return ERR_INVAL;
+	}
 	for (int i = 0; i < r->n_stop_ids; i++)
 		if (r->stop_ids[i] >= m->n_vocab) {
 			char param[64];
@@ -977,22 +998,39 @@ int openai_max_new_tokens(const openai_request *r, const openai_model *m, int n_
 			"has %d tokens, which leaves no room for the completion. Please reduce the length of the "
 			"%s.", ctx, n_prompt, r->api == OPENAI_API_CHAT ? "messages" : "prompt");
 		e->code = "context_length_exceeded";
+		e->limit = "prompt_tokens";
+		return ERR_INVAL;
+	}
+	if (m->max_prompt_tokens && n_prompt > m->max_prompt_tokens) {
+		openai_error_set(e, 400, param, "%s: %d prompt tokens is more than this server allows (%d, "
+				 "--max-prompt-tokens)", param, n_prompt, m->max_prompt_tokens);
+		e->code = "prompt_too_long";
+		e->limit = "prompt_tokens";
 		return ERR_INVAL;
 	}
 	int room = ctx - n_prompt;
+	const char *mt = r->api == OPENAI_API_GENERATE ? "sampling_params.max_new_tokens" : "max_tokens";
+	if (m->max_new_tokens && r->max_tokens > m->max_new_tokens) {
+		openai_error_set(e, 400, mt, "%s: %d is more than this server allows (%d, --max-tokens-limit)", mt,
+				 r->max_tokens, m->max_new_tokens);
+		e->limit = "max_tokens";
+		return ERR_INVAL;
+	}
+	if (m->max_new_tokens && room > m->max_new_tokens)
+		room = m->max_new_tokens; /* the default max_tokens stays within the limit */
 	if (r->max_tokens < 0) {
 		int def = r->api == OPENAI_API_COMPLETIONS ? 16 : r->api == OPENAI_API_GENERATE ? 128 : room;
 		*out = def < room ? def : room;
 		return 0;
 	}
 	if (r->max_tokens > room) {
-		const char *mt = r->api == OPENAI_API_GENERATE ? "sampling_params.max_new_tokens" : "max_tokens";
 		openai_error_set(e, 400, mt, "This model's maximum context length is %d tokens. However, you requested "
 			"%lld tokens (%d in the %s, %d for the completion). Please reduce the length of the %s or "
 			"the completion.", ctx, (long long)n_prompt + r->max_tokens, n_prompt,
 			r->api == OPENAI_API_CHAT ? "messages" : "prompt", r->max_tokens,
 			r->api == OPENAI_API_CHAT ? "messages" : "prompt");
 		e->code = "context_length_exceeded";
+		e->limit = "max_tokens";
 		return ERR_INVAL;
 	}
 	*out = r->max_tokens;

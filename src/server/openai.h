@@ -66,6 +66,9 @@ typedef struct {
 	const char *code;    /* static or NULL (JSON null) */
 	char param[64];      /* "" = JSON null */
 	char message[ERR_LEN];
+	const char *limit;   /* static or NULL: the configured limit the request exceeded, the reason
+				label of pdserve:requests_rejected_total ("n", "stop", "prompt_tokens",
+				"max_tokens", "queue_full", "body_size", "header_size") */
 } openai_error;
 
 /* Fill e (status, param may be NULL) and return ERR_INVAL. type follows the
@@ -145,6 +148,11 @@ typedef struct {
 	int n_vocab;               /* the model's (>= the tokenizer's) */
 	int context_length;
 	chat_tmpl_family chat_family;
+	/* configured limits; 0 = none beyond the context length and the hard caps */
+	int max_prompt_tokens;     /* --max-prompt-tokens */
+	int max_new_tokens;        /* --max-tokens-limit: largest max_tokens a request may ask for */
+	int max_n;                 /* --max-n (at most OPENAI_MAX_N) */
+	int max_stop;              /* --max-stop-strings (at most OPENAI_MAX_STOP) */
 } openai_model;
 
 /* Checks that need the model: sampling fields (sampler_params_validate),

@@ -202,8 +202,8 @@ static resp raw_req(int port, const char *bytes, size_t n)
 static char *fmt_req(const char *method, const char *path, const char *body, const char *headers, size_t *n)
 {
 	size_t blen = body ? strlen(body) : 0;
-	char *s = malloc(blen + 1024);
-	int k = snprintf(s, 1024, "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%sContent-Length: %zu\r\n\r\n",
+	char *s = malloc(blen + 4096);
+	int k = snprintf(s, 4096, "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%sContent-Length: %zu\r\n\r\n",
 			 method, path, headers ? headers : "", blen);
 	memcpy(s + k, body ? body : "", blen);
 	*n = (size_t)k + blen;
@@ -249,7 +249,7 @@ static void want_error(const resp *r, int status, const char *type)
 
 Test(http, routing_auth_limits_without_engine)
 {
-	http_config cfg = { .api_key = "sekret", .max_body_size = 1024 };
+	http_config cfg = { .api_key = "sekret", .max_body_size = 1024, .max_header_size = 1024 };
 	srv x;
 	srv_start(&x, &cfg, NULL);
 	const char *auth = "Authorization: Bearer sekret\r\n";
@@ -280,6 +280,26 @@ Test(http, routing_auth_limits_without_engine)
 	resp_free(&r);
 	r = req(x.port, "POST", "/tokenize", "{\"prompt\":\"x\"}", auth);
 	want_error(&r, 503, "service_unavailable_error");
+	resp_free(&r);
+
+	/* up to twice the size limits: our JSON 413 / 431, counted by reason */
+	char mid[1501];
+	memset(mid, 'a', 1500);
+	mid[1500] = '\0';
+	r = req(x.port, "POST", "/v1/completions", mid, auth);
+	want_error(&r, 413, "invalid_request_error");
+	cr_expect(strstr(r.body, "--max-body-size 1024"), "%s", r.body);
+	resp_free(&r);
+	char hdr[1600];
+	snprintf(hdr, sizeof(hdr), "%sX-Big: %.1400s\r\n", auth, mid);
+	r = req(x.port, "GET", "/v1/models", NULL, hdr);
+	want_error(&r, 431, "invalid_request_error");
+	resp_free(&r);
+	r = req(x.port, "GET", "/metrics", NULL, NULL);
+	cr_assert(r.status == 200);
+	cr_expect(strstr(r.body, "reason=\"body_size\"} 1\n"), "%s", r.body);
+	cr_expect(strstr(r.body, "reason=\"header_size\"} 1\n"), "%s", r.body);
+	cr_expect(strstr(r.body, "reason=\"n\"} 0\n"), "%s", r.body);
 	resp_free(&r);
 
 	/* over --max-body-size: refused, by the declared length or by the bytes */

@@ -237,6 +237,53 @@ Test(openai_parse, missing_prompt_or_messages)
 	parse_bad(OPENAI_API_GENERATE, "{\"text\":\"a\",\"input_ids\":[1]}", 400, "input_ids");
 }
 
+/* Configured limits: 400 with the flag named and e.limit set to the counter's
+   reason; at the limit: accepted; 0 = no limit. */
+Test(openai_check, configured_limits, .fini = fini)
+{
+	openai_model m = model(1000);
+	m.max_n = 2;
+	m.max_stop = 1;
+	m.max_prompt_tokens = 20;
+	m.max_new_tokens = 50;
+	openai_request r;
+	openai_error e = { 0 };
+	int out;
+	parse_ok(OPENAI_API_COMPLETIONS, "{\"prompt\":\"x\",\"n\":3,\"best_of\":3}", &r);
+	cr_assert(openai_check(&r, &m, &e) == ERR_INVAL && e.status == 400 && !strcmp(e.param, "n"));
+	cr_assert(e.limit && !strcmp(e.limit, "n") && strstr(e.message, "--max-n"), "%s", e.message);
+	openai_request_fini(&r);
+	parse_ok(OPENAI_API_GENERATE, "{\"text\":\"x\",\"sampling_params\":{\"stop\":[\"a\",\"b\"]}}", &r);
+	cr_assert(openai_check(&r, &m, &e) == ERR_INVAL && !strcmp(e.param, "sampling_params.stop"), "%s", e.param);
+	cr_assert(e.limit && !strcmp(e.limit, "stop"));
+	openai_request_fini(&r);
+	parse_ok(OPENAI_API_COMPLETIONS, "{\"prompt\":\"x\",\"n\":2,\"stop\":\"a\",\"max_tokens\":50}", &r);
+	cr_assert(openai_check(&r, &m, &e) == 0, "%s", e.message);
+	cr_assert(openai_max_new_tokens(&r, &m, 20, &out, &e) == 0 && out == 50, "%s", e.message);
+	cr_assert(openai_max_new_tokens(&r, &m, 21, &out, &e) == ERR_INVAL && !strcmp(e.limit, "prompt_tokens"));
+	cr_assert(!strcmp(e.code, "prompt_too_long") && strstr(e.message, "--max-prompt-tokens"), "%s", e.message);
+	openai_request_fini(&r);
+	parse_ok(OPENAI_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":51}", &r);
+	cr_assert(openai_max_new_tokens(&r, &m, 5, &out, &e) == ERR_INVAL && !strcmp(e.limit, "max_tokens"));
+	cr_assert(!strcmp(e.param, "max_tokens") && strstr(e.message, "--max-tokens-limit"), "%s", e.message);
+	openai_request_fini(&r);
+	/* no max_tokens: the default (chat: the rest of the context) stays within the limit */
+	parse_ok(OPENAI_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &r);
+	cr_assert(openai_max_new_tokens(&r, &m, 5, &out, &e) == 0 && out == 50);
+	openai_request_fini(&r);
+	/* context overflow counts as the prompt_tokens / max_tokens limits too */
+	m = model(16);
+	parse_ok(OPENAI_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":10}", &r);
+	cr_assert(openai_max_new_tokens(&r, &m, 16, &out, &e) == ERR_INVAL && !strcmp(e.limit, "prompt_tokens"));
+	cr_assert(openai_max_new_tokens(&r, &m, 8, &out, &e) == ERR_INVAL && !strcmp(e.limit, "max_tokens"));
+	cr_assert(openai_check(&r, &m, &e) == 0 && openai_max_new_tokens(&r, &m, 6, &out, &e) == 0);
+	openai_request_fini(&r);
+	/* the parser's hard caps carry the reason as well */
+	const char *j = "{\"prompt\":\"x\",\"n\":65}";
+	cr_assert(openai_parse(OPENAI_API_COMPLETIONS, j, strlen(j), &r, &e) == ERR_INVAL);
+	cr_assert(e.limit && !strcmp(e.limit, "n"));
+}
+
 Test(openai_parse, n_out_of_range)
 {
 	parse_bad(OPENAI_API_COMPLETIONS, "{\"prompt\":\"x\",\"n\":0}", 400, "n");

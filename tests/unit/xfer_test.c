@@ -14,6 +14,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "disagg/auth.h"
 #include "disagg/kvwire.h"
 #include "disagg/xfer.h"
 #include "engine/engine.h"
@@ -28,7 +34,7 @@ typedef struct {
 	int n;
 	engine_finish finish;
 	int done;
-	char message[128];
+	char message[512];
 } result;
 
 typedef struct {
@@ -64,6 +70,7 @@ typedef struct {
 	int kv_dtype;
 	double hb;
 	int bootstrap_port;
+	const char *secret; /* --disaggregation-secret */
 } node_opts;
 
 static void node_open(node *n, const char *model, const node_opts *o)
@@ -84,7 +91,8 @@ static void node_open(node *n, const char *model, const node_opts *o)
 	if ((int)o->role >= 0) {
 		xfer_config xc = { .role = o->role, .backend = o->backend, .host = "127.0.0.1",
 				   .bootstrap_port = o->bootstrap_port, .heartbeat_interval = o->hb ? o->hb : 0.2,
-				   .heartbeat_max_failure = 2, .bootstrap_timeout = 5, .waiting_timeout = 5 };
+				   .heartbeat_max_failure = 2, .bootstrap_timeout = 5, .waiting_timeout = 5,
+				   .secret = o->secret };
 		n->x = xfer_create(&xc, err);
 		cr_assert(n->x, "xfer_create: %s", err);
 		c.pd_arg = n->x;
@@ -324,6 +332,215 @@ Test(xfer, handshake_mismatch_is_named)
 		node_close(&d);
 		node_close(&p);
 	}
+}
+
+/* HMAC-SHA256(key, nonce || role), checked against Python's hmac module
+   (hmac.new(b"Jefe", b"what do ya want for nothing?" + 4 * b"\0" + b"prefill",
+   hashlib.sha256)); the role and the key both change the MAC. */
+Test(auth, hmac_known_answer_and_roles)
+{
+	static const uint8_t want[AUTH_MAC] = { 0x58, 0xf1, 0xde, 0x8b, 0xb8, 0xa8, 0xf8, 0x20, 0x35, 0xd6, 0x4c,
+						0x34, 0x8e, 0xcf, 0x22, 0x56, 0xf6, 0x37, 0xc0, 0x64, 0xa6, 0xc3,
+						0x63, 0x87, 0xbf, 0x5d, 0x64, 0x24, 0xdc, 0x78, 0xb3, 0x76 };
+	uint8_t nonce[AUTH_NONCE] = { 0 }, mac[AUTH_MAC], mac2[AUTH_MAC];
+	memcpy(nonce, "what do ya want for nothing?", 28);
+	cr_assert_eq(auth_mac("Jefe", 4, nonce, "prefill", mac), 0);
+	cr_expect(!memcmp(mac, want, AUTH_MAC), "HMAC differs from the reference");
+	cr_expect(auth_equal(mac, want));
+	cr_assert_eq(auth_mac("Jefe", 4, nonce, "decode", mac2), 0);
+	cr_expect(!auth_equal(mac, mac2), "the role is part of the MAC");
+	cr_assert_eq(auth_mac("Jeff", 4, nonce, "prefill", mac2), 0);
+	cr_expect(!auth_equal(mac, mac2), "the key is part of the MAC");
+	uint8_t a[AUTH_NONCE], b[AUTH_NONCE];
+	cr_assert_eq(auth_nonce(a), 0);
+	cr_assert_eq(auth_nonce(b), 0);
+	cr_expect(memcmp(a, b, AUTH_NONCE), "two nonces are equal");
+}
+
+/* Both sides share the secret: the handshake passes and PD output equals the
+   unified output (pd_equals_unified with a secret). */
+static void pd_secret_run_on(xfer_backend b, const char *ps, const char *ds, const char *want_msg, const char *want_msg2)
+{
+	const char *model = stories();
+	node p, d;
+	node_opts op = { .role = XFER_PREFILL, .backend = b, .secret = ps };
+	node_opts od = { .role = XFER_DECODE, .backend = b, .secret = ds };
+	node_open(&p, model, &op);
+	node_open(&d, model, &od);
+	int32_t pr[40];
+	make_prompt(5, 40, pr);
+	engine_stats s0;
+	engine_get_stats(d.e, &s0);
+	pd_submit(&p, &d, 1, 91, pr, 40, 8);
+	pump(&d, 1, 20);
+	if (!want_msg) {
+		cr_expect_eq(d.res[1].finish, ENGINE_FINISH_LENGTH, "%s", d.res[1].message);
+		cr_expect_eq(d.res[1].n, 8);
+		pump(&p, 1, 10);
+	} else {
+		cr_expect_eq(d.res[1].finish, ENGINE_FINISH_ERROR);
+		cr_expect(strstr(d.res[1].message, want_msg), "want '%s' in: %s", want_msg, d.res[1].message);
+		cr_expect(strstr(d.res[1].message, want_msg2), "want '%s' in: %s", want_msg2, d.res[1].message);
+		xfer_stats xs;
+		xfer_get_stats(d.x, &xs);
+		cr_expect_eq(xs.rooms_ok, 0);
+	}
+	assert_pages_back(&d);
+	engine_stats s1;
+	engine_get_stats(d.e, &s1);
+	cr_expect_eq(s1.pages_free + s1.pages_cached, s0.pages_free + s0.pages_cached);
+	node_close(&d);
+	node_close(&p);
+}
+
+static void pd_secret_run(const char *ps, const char *ds, const char *want_msg, const char *want_msg2)
+{
+	pd_secret_run_on(XFER_TCP, ps, ds, want_msg, want_msg2);
+}
+
+/* shm: the unix-socket connection that passes the pool is authenticated too */
+Test(xfer, secret_matching_shm) { pd_secret_run_on(XFER_SHM, "s3cret", "s3cret", NULL, NULL); }
+Test(xfer, secret_mismatch_shm)
+{
+	pd_secret_run_on(XFER_SHM, "s3cret", "nope", "disaggregation secret rejected by 127.0.0.1:", "another secret?");
+}
+Test(xfer, secret_matching_ucx)
+{
+	char err[ERR_LEN];
+	xfer_backend b;
+	if (xfer_backend_parse("ucx", &b, err) < 0)
+		cr_skip_test("%s", err);
+	pd_secret_run_on(XFER_UCX, "s3cret", "s3cret", NULL, NULL);
+}
+Test(xfer, secret_matching_works) { pd_secret_run("s3cret", "s3cret", NULL, NULL); }
+Test(xfer, secret_mismatch_refused)
+{
+	pd_secret_run("s3cret", "other", "disaggregation secret rejected by 127.0.0.1:", "another secret?");
+}
+Test(xfer, secret_missing_on_decode_refused)
+{
+	pd_secret_run("s3cret", NULL, "disaggregation secret rejected by 127.0.0.1:", "this decode has none");
+}
+Test(xfer, secret_missing_on_prefill_refused)
+{
+	pd_secret_run(NULL, "s3cret", "disaggregation secret rejected by 127.0.0.1:", "this prefill has none");
+}
+
+static int raw_connect(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	struct timeval tv = { 5, 0 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static void read_frame(int fd, kvw_hdr *h, uint8_t *pay, size_t cap)
+{
+	uint8_t hb[KVW_HDR];
+	char err[ERR_LEN];
+	size_t got = 0;
+	while (got < KVW_HDR) {
+		ssize_t r = read(fd, hb + got, KVW_HDR - got);
+		cr_assert(r > 0, "connection closed before a frame");
+		got += (size_t)r;
+	}
+	cr_assert_eq(kvw_hdr_decode(hb, h, err), 0, "%s", err);
+	cr_assert(h->len <= cap);
+	for (got = 0; got < h->len;) {
+		ssize_t r = read(fd, pay + got, h->len - got);
+		cr_assert(r > 0);
+		got += (size_t)r;
+	}
+}
+
+static void write_frame(int fd, uint16_t type, const void *p, size_t len)
+{
+	uint8_t hb[KVW_HDR];
+	kvw_hdr_encode(hb, type, 0, len);
+	cr_assert_eq(write(fd, hb, KVW_HDR), KVW_HDR);
+	if (len)
+		cr_assert_eq(write(fd, p, len), (ssize_t)len);
+}
+
+/* A peer that skips the handshake, or answers with a wrong MAC, or replays
+   the prefill's own answer, gets REJECT and a closed connection; the secret
+   never appears on the wire. */
+Test(xfer, secret_raw_peers_refused)
+{
+	const char *model = stories();
+	node p;
+	node_opts op = { .role = XFER_PREFILL, .backend = XFER_TCP, .secret = "topsecret" };
+	node_open(&p, model, &op);
+	int port = xfer_bootstrap_port(p.x);
+	kvw_hdr h;
+	uint8_t pay[4096], nonce[AUTH_NONCE], mac[AUTH_MAC];
+
+	/* 1: HELLO straight away */
+	int fd = raw_connect(port);
+	read_frame(fd, &h, pay, sizeof(pay));
+	cr_assert_eq(h.type, KVW_AUTH_CHALLENGE);
+	cr_assert_eq(h.len, AUTH_NONCE);
+	cr_expect(!memmem(pay, h.len, "topsecret", 9));
+	kvw_hello hello;
+	memset(&hello, 0, sizeof(hello));
+	hello.proto = KVW_VERSION;
+	hello.backend = KVW_BACKEND_TCP;
+	uint8_t hb[256];
+	size_t n = kvw_hello_encode(hb, &hello, 0);
+	write_frame(fd, KVW_HELLO, hb, n);
+	read_frame(fd, &h, pay, sizeof(pay));
+	cr_expect_eq(h.type, KVW_REJECT);
+	cr_expect(memmem(pay, h.len, "no answer to the challenge", 26), "%.*s", (int)h.len, (char *)pay);
+	cr_expect_eq(read(fd, pay, 1), 0, "the prefill closes the connection");
+	close(fd);
+
+	/* 2: a MAC with the wrong secret */
+	fd = raw_connect(port);
+	read_frame(fd, &h, pay, sizeof(pay));
+	cr_assert_eq(h.type, KVW_AUTH_CHALLENGE);
+	memcpy(nonce, pay, AUTH_NONCE);
+	cr_assert_eq(auth_mac("guess", 5, nonce, "decode", mac), 0);
+	write_frame(fd, KVW_AUTH_RESPONSE, mac, AUTH_MAC);
+	read_frame(fd, &h, pay, sizeof(pay));
+	cr_expect_eq(h.type, KVW_REJECT);
+	cr_expect(memmem(pay, h.len, "wrong answer", 12), "%.*s", (int)h.len, (char *)pay);
+	close(fd);
+
+	/* 3: reflection: send the prefill its own nonce as our challenge and replay
+	   its answer as ours; the role in the MAC makes that wrong */
+	fd = raw_connect(port);
+	read_frame(fd, &h, pay, sizeof(pay));
+	memcpy(nonce, pay, AUTH_NONCE);
+	write_frame(fd, KVW_AUTH_CHALLENGE, nonce, AUTH_NONCE);
+	read_frame(fd, &h, pay, sizeof(pay));
+	cr_assert_eq(h.type, KVW_AUTH_RESPONSE);
+	write_frame(fd, KVW_AUTH_RESPONSE, pay, AUTH_MAC);
+	read_frame(fd, &h, pay, sizeof(pay));
+	cr_expect_eq(h.type, KVW_REJECT);
+	close(fd);
+
+	/* 4: the right MAC is accepted: then HELLO is answered (by HELLO_OK or a
+	   layout REJECT, either means the handshake passed) */
+	fd = raw_connect(port);
+	read_frame(fd, &h, pay, sizeof(pay));
+	memcpy(nonce, pay, AUTH_NONCE);
+	cr_assert_eq(auth_mac("topsecret", 9, nonce, "decode", mac), 0);
+	write_frame(fd, KVW_AUTH_RESPONSE, mac, AUTH_MAC);
+	uint8_t mine[AUTH_NONCE] = { 1, 2, 3 };
+	write_frame(fd, KVW_AUTH_CHALLENGE, mine, AUTH_NONCE);
+	read_frame(fd, &h, pay, sizeof(pay));
+	cr_assert_eq(h.type, KVW_AUTH_RESPONSE, "got %s: %.*s", kvw_type_name(h.type), (int)h.len, (char *)pay);
+	cr_assert_eq(auth_mac("topsecret", 9, mine, "prefill", mac), 0);
+	cr_expect(auth_equal(pay, mac), "the prefill proves the secret too");
+	write_frame(fd, KVW_HELLO, hb, n);
+	read_frame(fd, &h, pay, sizeof(pay));
+	cr_expect_eq(h.type, KVW_REJECT);
+	cr_expect(!memmem(pay, h.len, "secret", 6), "past the secret: %.*s", (int)h.len, (char *)pay);
+	close(fd);
+	node_close(&p);
 }
 
 static void prefill_gone(xfer_backend backend)
