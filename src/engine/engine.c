@@ -52,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/alloc.h"
 #include "base/clock.h"
@@ -114,6 +115,7 @@ struct engine {
 	int max_batch;
 	int n_vocab;
 	int64_t max_total_tokens;
+	int test_step_delay_ms;  /* PDSERVE_TEST_STEP_DELAY_MS: test hook, see engine_create */
 
 	pthread_t thread;
 	bool thread_started;
@@ -1088,6 +1090,11 @@ static void *scheduler_main(void *arg)
 			run_step(e, n);
 		publish_stats(e);
 		notify(e);
+		if (n > 0 && e->test_step_delay_ms > 0) {
+			/* test hook: a slow step, after its events and exports are out */
+			struct timespec ts = { e->test_step_delay_ms / 1000, (long)(e->test_step_delay_ms % 1000) * 1000000L };
+			nanosleep(&ts, NULL);
+		}
 		if (n == 0 && e->n_waiting > 0 && e->n_running == 0) {
 			/* a waiting head that cannot be admitted with nothing running is
 			   finished by admit_one; reaching here means we must wait for input */
@@ -1136,6 +1143,16 @@ engine *engine_create(const engine_config *cfg_in, char err[ERR_LEN])
 		return NULL;
 	}
 	e->cfg = cfg;
+	/* Test-only hook (tests/faults/): sleep this long after every forward
+	   step, so that a prefill pauses between the chunks it exports and a
+	   fault can be injected mid-transfer. Never set in production. */
+	const char *delay = getenv("PDSERVE_TEST_STEP_DELAY_MS");
+	if (delay && *delay) {
+		long ms = strtol(delay, NULL, 10);
+		e->test_step_delay_ms = ms > 0 && ms <= 60000 ? (int)ms : 0;
+		if (e->test_step_delay_ms)
+			LOGW("engine", "PDSERVE_TEST_STEP_DELAY_MS=%d: every step sleeps (test hook)", e->test_step_delay_ms);
+	}
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->cv, NULL);
 	pthread_cond_init(&e->flush_cv, NULL);
