@@ -179,6 +179,7 @@ struct room {
 	bool dest_sent;
 	double t_reserved;
 	pid_t quarantine_pid; /* shm: wait for this process to be gone before freeing */
+	bool pages_kept;      /* quarantined: the request has its answer; the page references are ours */
 };
 
 typedef struct {
@@ -565,6 +566,13 @@ static void conn_kill(xfer *x, conn *c, const char *why)
 			r->st = RS_CANCELLING;
 			LOGW(TAG, "room %llu: holding its pages until prefill pid %d is gone", (unsigned long long)r->room,
 			     (int)c->peer_pid);
+			/* the client gets its error now; only the pages wait (a stopped
+			   prefill may stay alive for ever) */
+			if (r->has_rid && r->pages && x->eng && !r->pages_kept) {
+				engine_import_fail_keep(x->eng, r->rid, msg);
+				r->pages_kept = true;
+				stats_add(x, 0, 1, 0, 0);
+			}
 			continue;
 		}
 		fail_room(x, r, msg);
@@ -627,7 +635,9 @@ static void fail_room(xfer *x, room *r, const char *why)
 		if (r->c && r->c->st != CS_DEAD && r->have_dest)
 			send_text(r->c, KVW_ROOM_FAIL, r->room, why);
 	} else {
-		if (r->has_rid && x->eng) {
+		if (r->pages_kept && x->eng) /* answered already; the references are ours */
+			engine_release_pages(x->eng, r->pages, r->n_pages);
+		else if (r->has_rid && x->eng) {
 			if (r->pages)
 				engine_import_fail(x->eng, r->rid, why);
 			else
@@ -1738,7 +1748,14 @@ static void tick(xfer *x)
 		if (r->quarantine_pid) {
 			if (kill(r->quarantine_pid, 0) < 0 && errno == ESRCH) {
 				r->quarantine_pid = 0;
-				fail_room(x, r, "prefill died during the transfer");
+				if (r->pages_kept) { /* answered already: give the pages back */
+					LOGI(TAG, "room %llu: prefill pid gone, its %d pages freed", (unsigned long long)r->room,
+					     r->n_pages);
+					engine_release_pages(x->eng, r->pages, r->n_pages);
+					room_free(x, r);
+				} else {
+					fail_room(x, r, "prefill died during the transfer");
+				}
 			}
 			continue;
 		}

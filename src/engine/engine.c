@@ -94,7 +94,7 @@ typedef struct req {
 } req;
 
 /* A command for the scheduler from another thread (disaggregation). */
-typedef enum { CMD_IMPORT_DONE, CMD_IMPORT_FAIL, CMD_EXPORT_READY, CMD_FAIL } cmd_kind;
+typedef enum { CMD_IMPORT_DONE, CMD_IMPORT_FAIL, CMD_IMPORT_FAIL_KEEP, CMD_EXPORT_READY, CMD_FAIL } cmd_kind;
 
 typedef struct {
 	uint64_t rid;
@@ -548,7 +548,9 @@ static void apply_import(engine *e, const import_cmd *c)
 	if (!r)
 		return; /* finished meanwhile (e.g. aborted without a cancel hook) */
 	remove_importing(e, r);
-	if (c->kind == CMD_IMPORT_FAIL || r->abort_requested) {
+	if (c->kind == CMD_IMPORT_FAIL_KEEP)
+		r->n_pages = 0; /* the page references are the transfer layer's now */
+	if (c->kind == CMD_IMPORT_FAIL || c->kind == CMD_IMPORT_FAIL_KEEP || r->abort_requested) {
 		bool ab = r->abort_requested;
 		finish(e, r, ab ? ENGINE_FINISH_ABORT : ENGINE_FINISH_ERROR, -1, NULL, ab ? "aborted" : c->message);
 		return;
@@ -1505,15 +1507,25 @@ int engine_import_done(engine *e, uint64_t rid, const engine_import_result *res)
 	return push_cmd(e, &c);
 }
 
-void engine_import_fail(engine *e, uint64_t rid, const char *message)
+static void import_fail(engine *e, uint64_t rid, const char *message, cmd_kind kind)
 {
 	import_cmd c;
 	memset(&c, 0, sizeof(c));
 	c.rid = rid;
-	c.kind = CMD_IMPORT_FAIL;
+	c.kind = kind;
 	snprintf(c.message, sizeof(c.message), "%s", message ? message : "KV transfer failed");
 	if (push_cmd(e, &c) < 0)
 		LOGE("engine", "out of memory failing rid %llu", (unsigned long long)rid);
+}
+
+void engine_import_fail(engine *e, uint64_t rid, const char *message)
+{
+	import_fail(e, rid, message, CMD_IMPORT_FAIL);
+}
+
+void engine_import_fail_keep(engine *e, uint64_t rid, const char *message)
+{
+	import_fail(e, rid, message, CMD_IMPORT_FAIL_KEEP);
 }
 
 void engine_export_ready(engine *e, uint64_t rid)

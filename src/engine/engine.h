@@ -202,6 +202,12 @@ int engine_import_done(engine *e, uint64_t rid, const engine_import_result *res)
    pages any more: finish it (ERROR with message, or ABORT if it was aborted)
    and free the pages. */
 void engine_import_fail(engine *e, uint64_t rid, const char *message);
+/* The same for a transfer whose writer may still write into the pages (a
+   silent prefill): the request finishes now, but its pages stay reserved;
+   their references (one per page of the list kv_import handed out) become
+   the caller's, to give back with engine_release_pages() once nothing
+   writes into them any more. */
+void engine_import_fail_keep(engine *e, uint64_t rid, const char *message);
 
 /* The pool (layout for transfers; the accessors that read its geometry and
    kvcache_view are safe from any thread). */
