@@ -1277,6 +1277,8 @@ static void on_frame(xfer *x, conn *c, const kvw_hdr *h, const uint8_t *p, size_
 {
 	char err[ERR_LEN];
 	bool prefill = x->cfg.role == XFER_PREFILL;
+	if (c->st == CS_CLOSING)
+		return; /* refused (its REJECT is queued) or handed over: what the peer sent after is moot */
 	if (!prefill && (c->st == CS_HELLO || c->st == CS_CONNECTING) && h->type != KVW_HELLO_OK &&
 	    h->type != KVW_REJECT) {
 		conn_kill(x, c, "frame before the handshake");

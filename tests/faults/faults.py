@@ -159,10 +159,10 @@ def http_get(host, port, path, timeout=5):
 
 
 def server(name, model=None, mode=None, backend="tcp", boot=None, delay=0, extra=(), prefix=(), host="127.0.0.1",
-           port=None):
+           port=None, max_total=4096):
     port = port or free_port()
     argv = ["server", "--model-path", model or MODEL, "--host", host, "--port", str(port),
-            "--max-total-tokens", "4096", "--chunked-prefill-size", str(CHUNK)]
+            "--max-total-tokens", str(max_total), "--chunked-prefill-size", str(CHUNK)]
     if mode:
         argv += ["--disaggregation-mode", mode, "--disaggregation-transfer-backend", backend]
     if mode == "prefill":
@@ -645,6 +645,144 @@ def pd_matrix(which, backends):
                     case_client, u, p, d, "during", True, halves)
         p.stop()
         d.stop()
+
+
+def router(p, d):
+    port = free_port()
+    r = Proc("R", ["router", "--prefill", "http://%s:%d" % (p.host, p.port), str(p.boot), "--decode",
+                   "http://%s:%d" % (d.host, d.port), "--port", str(port), "--health-check-interval-secs", "0.2",
+                   "--policy", "round_robin"], port)
+    return r.start()
+
+
+def case_router(u, p, d, backend):
+    """Router SIGKILLed under load, then restarted on its port: every client
+    request completes (equal to unified) or breaks at the client (the router
+    itself died); the workers' pages come back; after the restart all serve."""
+    r = router(p, d)
+    texts = [prompt(40 + 7 * i, 900 + i) for i in range(6)]
+    for t in texts:
+        unified_ids(u, t, 32)
+    answers, stop = [], threading.Event()
+    lock = threading.Lock()
+
+    def client(i):
+        k = 0
+        while not stop.is_set():
+            body = gen_body(texts[i], 32, (i + k) % 2 == 0)
+            a = request(r.host, r.port, "/generate", body, 30)
+            with lock:
+                answers.append((texts[i], a))
+            k += 1
+    ths = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(6)]
+    [t.start() for t in ths]
+    wait_for(lambda: len(answers) >= 6, 20, "requests through the router")
+    wait_for(lambda: stats(d)[0]["running"] >= 2, 5, "requests in flight on the decode")
+    r.signal(signal.SIGKILL)
+    stop.set()
+    [t.join(15) for t in ths]
+    if any(t.is_alive() for t in ths):
+        fail("a client hung after the router died")
+    n = {"ok": 0, "broken": 0}
+    for text, a in answers:
+        t = a.terminal()
+        if t not in n:
+            fail("through the router: %s (%s)" % (t, a.message()))
+        if t == "ok" and a.ids() != unified_ids(u, text, 32):
+            fail("through the router: ids %s != unified" % a.ids())
+        n[t] += 1
+    if n["broken"] == 0:
+        fail("no request was in flight when the router died")
+    pages_back([p, d], "after the router died")
+    r.start()
+    for i in range(4):
+        a = request(r.host, r.port, "/generate", gen_body(texts[i], 32, i % 2 == 0), 30)
+        if a.terminal() != "ok" or a.ids() != unified_ids(u, texts[i], 32):
+            fail("after the router restarted: %s %s" % (a.terminal(), a.message()))
+    pages_back([p, d], "after the router restarted")
+    r.stop()
+    return "%d completed, %d broken at the client; restarted router serves" % (n["ok"], n["broken"])
+
+
+def case_pool(u, backend):
+    """KV pool exhausted on the decode: 8 requests that together need ~3x its
+    pages all succeed (admission waits: back-pressure, not failure)."""
+    p = server("Pp" + backend, mode="prefill", backend=backend, boot=free_port())
+    d = server("Dp" + backend, mode="decode", backend=backend, max_total=512)
+    texts = [prompt(70, 500 + i) for i in range(8)]
+    for t in texts:
+        unified_ids(u, t, 48)
+    pds = [PD(p, d, t, 48, i % 2 == 0, timeout=30) for i, t in enumerate(texts)]
+    peak = queued = 0
+    while any(th.is_alive() for pd in pds for th in pd.th.values()):
+        e = stats(d)[0]
+        peak = max(peak, e["pages_used"])
+        queued = max(queued, e["waiting"])
+        time.sleep(0.005)
+    if not queued:
+        fail("no request waited for decode pages: the case did not exhaust the pool")
+    waited = 0
+    for pd in pds:
+        pd.join(time.time() + 1)
+        pd.check(u, want_ok=("p", "d"))
+        if not pd.body["stream"]:
+            waited += pd.a["d"].body["meta_info"]["pd"]["decode_admission_wait"] > 0
+    total = stats(d)[0]["pages_total"]
+    pages_back([p, d], "after the pool was exhausted")
+    p.stop()
+    d.stop()
+    return "8 requests ok on a %d-page pool (peak %d used, up to %d waiting for pages); %d of 4 non-streamed " \
+        "report an admission wait" % (total, peak, queued, waited)
+
+
+def case_model(u, backend):
+    """The prefill restarted with a different model: the handshake refuses
+    (the decode's client gets an error naming it, the prefill's half times
+    out on its bootstrap), pages come back, and with the right model back
+    the same decode serves again."""
+    p, d = pair(backend, delay=False, suffix="m")
+    serve_once(u, p, d, "before the model change")
+    p.stop()
+    good = p.argv[:]
+    p.argv[p.argv.index("--model-path") + 1] = os.environ["FAULT_MODEL2"]
+    p.start()
+    text = prompt(20, 4321)
+    pd = PD(p, d, text, 8, True, timeout=20)
+    pd.join(time.time() + float(os.environ["SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT"]) + 5)
+    o = pd.check(u)
+    if o["d"] != "error" or "mismatch: model" not in (pd.a["d"].message() or ""):
+        fail("decode: want a handshake refusal naming the model, got %s: %s" % (o["d"], pd.a["d"].message()))
+    if o["p"] != "error":
+        fail("prefill half: want an error, got %s" % o["p"])
+    pages_back([p, d], "after the refused handshake")
+    p.stop()
+    p.argv = good
+    p.start()
+    serve_once(u, p, d, "with the right model back")
+    p.stop()
+    d.stop()
+    return "decode: %s; prefill half: %s" % (pd.a["d"].message(), pd.a["p"].message())
+
+
+def main_router(backends):
+    u = server("U")
+    for b in backends:
+        p, d = pair(b, delay=False, suffix="r")
+        run("%s: router killed under load and restarted" % b, case_router, u, p, d, b)
+        p.stop()
+        d.stop()
+
+
+def main_pool(backends):
+    u = server("U")
+    for b in backends:
+        run("%s: decode KV pool exhausted" % b, case_pool, u, b)
+
+
+def main_model(backends):
+    u = server("U")
+    for b in backends:
+        run("%s: prefill restarted with a different model" % b, case_model, u, b)
 
 
 def main():
