@@ -191,7 +191,7 @@ typedef struct {
 typedef struct {
 	uint64_t rid, room;
 	bool has_rid;
-	char why[160];
+	char why[ENGINE_MSG_LEN];
 } failed_entry;
 
 struct xfer {
@@ -553,7 +553,7 @@ static void conn_kill(xfer *x, conn *c, const char *why)
 		room *r = x->rooms[i];
 		if (r->c != c)
 			continue;
-		char msg[200];
+		char msg[ENGINE_MSG_LEN];
 		snprintf(msg, sizeof(msg), "%s %s: %s", x->cfg.role == XFER_DECODE ? "prefill" : "decode", c->peer, why);
 		/* The peer closing the connection means it writes no more (a prefill
 		   stops writing for a connection before closing it, and a dead one

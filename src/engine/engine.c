@@ -100,7 +100,7 @@ typedef struct {
 	uint64_t rid;
 	cmd_kind kind;
 	engine_import_result res;
-	char message[128];
+	char message[ENGINE_MSG_LEN];
 } import_cmd;
 
 struct engine {

@@ -30,6 +30,10 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 
+/* Error messages carried with events (longer ones are cut): room for a
+   peer address and a handshake refusal that names both sides' values. */
+#define ENGINE_MSG_LEN 256
+
 typedef enum { ENGINE_POLICY_FCFS, ENGINE_POLICY_LPM } engine_policy;
 
 /* Role of a request in prefill/decode disaggregation (src/disagg/). */
@@ -150,7 +154,7 @@ typedef struct {
 	int prompt_tokens;
 	int cached_tokens;        /* prompt tokens served from the prefix cache */
 	int completion_tokens;    /* tokens generated so far, this one included */
-	char message[128];        /* ENGINE_FINISH_ERROR: what went wrong */
+	char message[ENGINE_MSG_LEN]; /* ENGINE_FINISH_ERROR: what went wrong */
 } engine_event;
 
 /* Move up to max queued events into out (in order per request). Returns

@@ -750,7 +750,8 @@ def case_model(u, backend):
     pd = PD(p, d, text, 8, True, timeout=20)
     pd.join(time.time() + float(os.environ["SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT"]) + 5)
     o = pd.check(u)
-    if o["d"] != "error" or "mismatch: model" not in (pd.a["d"].message() or ""):
+    if o["d"] != "error" or "mismatch: model" not in (pd.a["d"].message() or "") or \
+            not (pd.a["d"].message() or "").endswith("(different GGUF files)"):
         fail("decode: want a handshake refusal naming the model, got %s: %s" % (o["d"], pd.a["d"].message()))
     if o["p"] != "error":
         fail("prefill half: want an error, got %s" % o["p"])
