@@ -678,8 +678,8 @@ def case_router(u, p, d, backend):
     [t.start() for t in ths]
     wait_for(lambda: len(answers) >= 6, 20, "requests through the router")
     wait_for(lambda: stats(d)[0]["running"] >= 2, 5, "requests in flight on the decode")
+    stop.set()  # the requests in flight go on; no new ones
     r.signal(signal.SIGKILL)
-    stop.set()
     [t.join(15) for t in ths]
     if any(t.is_alive() for t in ths):
         fail("a client hung after the router died")
@@ -765,11 +765,61 @@ def case_model(u, backend):
     return "decode: %s; prefill half: %s" % (pd.a["d"].message(), pd.a["p"].message())
 
 
+def case_router_worker(u, p, d, r, victim, stream):
+    """A worker SIGKILLed while the router streams (or waits for) its answer:
+    the client gets one error (an SSE error event and [DONE], or an error
+    body), the survivor's pages come back, and once the worker is restarted
+    the router serves through it again."""
+    text = prompt(200, 31337 + stream + (victim == "prefill") * 2)
+    want = unified_ids(u, text, 64)
+    base = prompt_tokens(p)
+    a = Answer()
+    th = threading.Thread(target=request, args=(r.host, r.port, "/generate", gen_body(text, 64, stream), 30, a),
+                          daemon=True)
+    th.start()
+    if victim == "decode":  # mid-stream: the transfer is over
+        if stream:
+            wait_for(lambda: len(a.events) >= 2, 10, "router streaming")
+        else:
+            wait_for(lambda: stats(d)[0]["generation_tokens"] >= 2, 10, "decode generating")
+    else:  # mid-transfer
+        wait_for(lambda: prompt_tokens(p) - base >= 2 * CHUNK, 10, "two chunks exported")
+    vic = d if victim == "decode" else p
+    t0 = time.time()
+    vic.signal(signal.SIGKILL)
+    th.join(DEAD + 8)
+    if th.is_alive():
+        fail("no answer through the router %.1f s after the %s died" % (time.time() - t0, victim))
+    t = a.terminal()
+    if t != "error":
+        fail("through the router: want an error, got %s (%s)" % (t, a.message()))
+    if stream and victim == "decode" and not a.events:
+        fail("streamed: want the error inside the stream it broke")
+    msg = a.message()
+    pages_back([p, d], "after the %s died under the router" % victim)
+    vic.start()
+    wait_for(lambda: http_get(r.host, r.port, "/health")[0] == 200, 10, "router sees the %s again" % victim)
+    b = request(r.host, r.port, "/generate", gen_body(text, 64, stream), 30)
+    if b.terminal() != "ok" or b.ids() != want:
+        fail("through the router after the restart: %s %s" % (b.terminal(), b.message()))
+    pages_back([p, d], "after the %s came back" % victim)
+    return msg
+
+
 def main_router(backends):
     u = server("U")
     for b in backends:
         p, d = pair(b, delay=False, suffix="r")
         run("%s: router killed under load and restarted" % b, case_router, u, p, d, b)
+        p.stop()
+        d.stop()
+        p, d = pair(b, suffix="w")
+        r = router(p, d)
+        for i, victim in enumerate(("decode", "prefill")):
+            for stream in (True, False):
+                run("%s: %s killed under the router (%s)" % (b, victim, "stream" if stream else "plain"),
+                    case_router_worker, u, p, d, r, victim, stream)
+        r.stop()
         p.stop()
         d.stop()
 
