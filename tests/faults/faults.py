@@ -114,7 +114,7 @@ class Proc:
         wait_for(up, timeout, "%s healthy" % self.name)
         return self
 
-    def tail(self, n=8):
+    def tail(self, n=int(os.environ.get("FAULT_TAIL", "8"))):
         try:
             with open(os.path.join(TMP, "%s.%d.log" % (self.name, self.gen))) as f:
                 return "".join(f.readlines()[-n:])
@@ -171,6 +171,7 @@ def server(name, model=None, mode=None, backend="tcp", boot=None, delay=0, extra
     env = {"PDSERVE_TEST_STEP_DELAY_MS": str(delay)} if delay else {}
     p = Proc(name, argv, port, env=env, prefix=prefix, host=host)
     p.boot = boot
+    p.boot_host = host
     return p.start()
 
 
@@ -395,9 +396,9 @@ class PD:
     """Both halves of one PD request, sent the way the router sends them;
     the prefill's half may be held back (phase 'before')."""
 
-    def __init__(self, p, d, text, n, stream, timeout, hold_prefill=False, boot_host="127.0.0.1"):
+    def __init__(self, p, d, text, n, stream, timeout, hold_prefill=False):
         self.room = random.getrandbits(63)
-        self.body = gen_body(text, n, stream, self.room, p.boot, boot_host)
+        self.body = gen_body(text, n, stream, self.room, p.boot, p.boot_host)
         self.p, self.d, self.text, self.n, self.timeout = p, d, text, n, timeout
         self.a = {"p": Answer(), "d": Answer()}
         self.socks = {"p": [], "d": []}
@@ -834,6 +835,65 @@ def main_model(backends):
     u = server("U")
     for b in backends:
         run("%s: prefill restarted with a different model" % b, case_model, u, b)
+
+
+def case_partition(u, p, d, backend):
+    """The link between the prefill's and the decode's namespaces dropped
+    mid-transfer (the client still reaches both): both halves end with an
+    error within the heartbeat window; after the link is back the pages
+    return (ucx: the decode holds the room's pages until the prefill process
+    is gone, as for a stopped prefill: checked, then the prefill restarts)
+    and the pair serves again."""
+    link = ["ip", "-n", os.environ["NS_P"], "link", "set", os.environ["KV_DEV"]]
+    pd = start_pd(u, p, d, "during", backend == "tcp")
+    t0 = time.time()
+    subprocess.check_call(link + ["down"])
+    try:
+        pd.join(t0 + DEAD + 8)
+        o = pd.check(u)
+    finally:
+        subprocess.check_call(link + ["up"])
+        # UCX only lists an interface once it is operationally up again
+        show = ["ip", "-n", os.environ["NS_P"], "link", "show", os.environ["KV_DEV"]]
+        wait_for(lambda: b"state UP" in subprocess.check_output(show), 5, "link back up")
+    for k in ("p", "d"):
+        el = pd.a[k].t_end - t0
+        if o[k] != "error" or el > DEAD + 2:
+            fail("%s half: want an error within %.1f s of the partition, got %s after %.2f s" % (k, DEAD + 2, o[k], el))
+    note = ""
+    if backend == "ucx":
+        pages_back([p], "after the partition healed")
+        if not d.alive():
+            fail("the decode died after the partition healed")
+        ok, st = at_baseline(d)
+        if not ok:
+            restart(p)
+            note = "; decode held %d pages until the prefill restarted" % st["pages_used"]
+    pages_back([p, d], "after the partition healed")
+    serve_once(u, p, d, "after the partition healed")
+    return "decode: %s (%.2f s); prefill: %s%s" % (pd.a["d"].message(), pd.a["d"].t_end - t0, pd.a["p"].message(), note)
+
+
+def main_partition(backends):
+    """Run inside the client's namespace; servers in NS_P / NS_D listen on
+    every address of their namespace, HTTP is reached over the bridge and
+    KV goes over the direct P-D link (KV_DEV, prefill at KV_P_IP)."""
+    e = os.environ
+    u = server("U", host=e["C_IP"])
+    for b in backends:
+        extra_env = {"UCX_TLS": "tcp", "UCX_NET_DEVICES": e["KV_DEV"]} if b == "ucx" else {}
+        os.environ.update(extra_env)
+        p = server("Pn" + b, mode="prefill", backend=b, boot=free_port(), delay=PREFILL_DELAY_MS,
+                   prefix=["ip", "netns", "exec", e["NS_P"]], host=e["P_IP"], extra=["--host", "0.0.0.0"])
+        p.boot_host = e["KV_P_IP"]
+        d = server("Dn" + b, mode="decode", backend=b, delay=DECODE_DELAY_MS,
+                   prefix=["ip", "netns", "exec", e["NS_D"]], host=e["D_IP"], extra=["--host", "0.0.0.0"])
+        serve_once(u, p, d, "across namespaces")
+        run("%s: partition between the prefill and decode namespaces mid-transfer" % b, case_partition, u, p, d, b)
+        p.stop()
+        d.stop()
+        for k in extra_env:
+            del os.environ[k]
 
 
 def main():
