@@ -766,13 +766,20 @@ def case_model(u, backend):
     return "decode: %s; prefill half: %s" % (pd.a["d"].message(), pd.a["p"].message())
 
 
+def routed_once(u, r, stream, what):
+    text = prompt(40, 1234)
+    b = request(r.host, r.port, "/generate", gen_body(text, 16, stream), 30)
+    if b.terminal() != "ok" or b.ids() != unified_ids(u, text, 16):
+        fail("through the router %s: %s %s" % (what, b.terminal(), b.message()))
+
+
 def case_router_worker(u, p, d, r, victim, stream):
     """A worker SIGKILLed while the router streams (or waits for) its answer:
     the client gets one error (an SSE error event and [DONE], or an error
     body), the survivor's pages come back, and once the worker is restarted
     the router serves through it again."""
     text = prompt(200, 31337 + stream + (victim == "prefill") * 2)
-    want = unified_ids(u, text, 64)
+    unified_ids(u, text, 64)
     base = prompt_tokens(p)
     a = Answer()
     th = threading.Thread(target=request, args=(r.host, r.port, "/generate", gen_body(text, 64, stream), 30, a),
@@ -800,11 +807,32 @@ def case_router_worker(u, p, d, r, victim, stream):
     pages_back([p, d], "after the %s died under the router" % victim)
     vic.start()
     wait_for(lambda: http_get(r.host, r.port, "/health")[0] == 200, 10, "router sees the %s again" % victim)
-    b = request(r.host, r.port, "/generate", gen_body(text, 64, stream), 30)
-    if b.terminal() != "ok" or b.ids() != want:
-        fail("through the router after the restart: %s %s" % (b.terminal(), b.message()))
+    routed_once(u, r, stream, "after the %s restarted" % victim)
     pages_back([p, d], "after the %s came back" % victim)
     return msg
+
+
+def case_router_client(u, p, d, r, phase, stream):
+    """The client leaves the router during the transfer or mid-stream: the
+    router closes both upstream requests, both workers free the pages."""
+    text = prompt(200, 4242 + stream + (phase == "after") * 2)
+    base = prompt_tokens(p)
+    a, socks = Answer(), []
+    th = threading.Thread(target=request, args=(r.host, r.port, "/generate", gen_body(text, 64, stream), 30, a, socks),
+                          daemon=True)
+    th.start()
+    if phase == "during":
+        wait_for(lambda: prompt_tokens(p) - base >= 2 * CHUNK, 10, "two chunks exported")
+    elif stream:
+        wait_for(lambda: len(a.events) >= 2, 10, "router streaming")
+    else:
+        wait_for(lambda: stats(d)[0]["generation_tokens"] >= 2, 10, "decode generating")
+    wait_for(lambda: socks, 2, "client socket")
+    socks[0].shutdown(socket.SHUT_RDWR)
+    th.join(5)
+    pages_back([p, d], "after the client left the router %s the transfer" % phase)
+    routed_once(u, r, stream, "after a client left")
+    return "pages back on both workers"
 
 
 def main_router(backends):
@@ -816,6 +844,10 @@ def main_router(backends):
         d.stop()
         p, d = pair(b, suffix="w")
         r = router(p, d)
+        for phase in ("during", "after"):
+            for stream in (True, False):
+                run("%s: client left the router %s the transfer (%s)" % (b, phase, "stream" if stream else "plain"),
+                    case_router_client, u, p, d, r, phase, stream)
         for i, victim in enumerate(("decode", "prefill")):
             for stream in (True, False):
                 run("%s: %s killed under the router (%s)" % (b, victim, "stream" if stream else "plain"),
