@@ -11,6 +11,7 @@ command -v curl >/dev/null && command -v python3 >/dev/null || { echo "skip: nee
 T=$(mktemp -d)
 PIDS=()
 cleanup() {
+	set +e
 	exec 2>/dev/null
 	[ -f "$T/pids" ] && while read -r p; do kill -CONT "$p"; kill -9 "$p"; done <"$T/pids"
 	for p in "${PIDS[@]}"; do kill -9 "$p" || true; done
