@@ -627,16 +627,17 @@ static int admit_import(engine *e, req *r, req *prev)
 	return 1;
 }
 
-static void drain_inbox(engine *e)
+/* Under mu: take the inbox (requests in submission order). */
+static req *take_inbox(engine *e)
 {
-	pthread_mutex_lock(&e->mu);
 	req *in = e->inbox_head;
 	e->inbox_head = e->inbox_tail = NULL;
 	e->n_inbox = 0;
-	uint64_t aborts[64];
-	int n_ab = 0;
-	pthread_mutex_unlock(&e->mu);
+	return in;
+}
 
+static void append_waiting(engine *e, req *in)
+{
 	while (in) {
 		req *r = in;
 		in = in->next;
@@ -648,10 +649,19 @@ static void drain_inbox(engine *e)
 		e->wait_tail = r;
 		e->n_waiting++;
 	}
+}
 
-	/* pages whose export references came back, and disaggregation commands:
-	   after the inbox, so a command always finds a request submitted before it */
+static void drain_inbox(engine *e)
+{
+	uint64_t aborts[64];
+	int n_ab = 0;
+	/* pages whose export references came back, and disaggregation commands,
+	   taken with the inbox under one lock: a command (or an abort, below)
+	   always finds a request submitted before it. Taking them under two
+	   locks lost an export_ready that came between, and its request waited
+	   for ever. */
 	pthread_mutex_lock(&e->mu);
+	req *in = take_inbox(e);
 	int32_t *rel = e->to_release;
 	int n_rel = e->n_release;
 	e->to_release = NULL;
@@ -661,6 +671,7 @@ static void drain_inbox(engine *e)
 	e->cmds = NULL;
 	e->n_cmds = e->cap_cmds = 0;
 	pthread_mutex_unlock(&e->mu);
+	append_waiting(e, in);
 	if (n_rel)
 		kvcache_release(e->kc, rel, n_rel);
 	alloc_free(rel);
@@ -675,9 +686,11 @@ static void drain_inbox(engine *e)
 		for (int i = 0; i < n_ab; i++)
 			aborts[i] = e->aborts[e->n_aborts - n_ab + i];
 		e->n_aborts -= n_ab;
+		in = n_ab ? take_inbox(e) : NULL;
 		pthread_mutex_unlock(&e->mu);
 		if (!n_ab)
 			break;
+		append_waiting(e, in);
 		for (int a = 0; a < n_ab; a++) {
 			uint64_t rid = aborts[a];
 			req **pp = &e->wait_head, *prev = NULL;
