@@ -144,7 +144,7 @@ typedef struct conn {
 	pid_t peer_pid;
 	/* prefill side, ucx: the endpoint into the decode's pool */
 	ucx_peer *up;
-	bool peer_closed; /* EOF from the peer: it has stopped (or died) */
+	bool peer_closed; /* EOF or reset from the peer: it has stopped (or died) */
 } conn;
 
 typedef enum { RS_BOOT, RS_WAITING, RS_TRANSFER, RS_SUCCESS, RS_FAILED, RS_CANCELLING } rstate;
@@ -1587,6 +1587,8 @@ static void conn_rx(xfer *x, conn *c)
 				return;
 			if (errno == EINTR)
 				continue;
+			/* a reset is the peer closing too (with our bytes unread) */
+			c->peer_closed = errno == ECONNRESET;
 			conn_kill(x, c, strerror(errno));
 			return;
 		}
