@@ -943,6 +943,19 @@ def main():
         Proc.stop_all()
         sys.exit(1)
     Proc.stop_all()
+    # a sanitizer build (make check) reports into the servers' logs
+    for p in Proc.all:
+        for g in range(1, p.gen + 1):
+            try:
+                with open(os.path.join(TMP, "%s.%d.log" % (p.name, g)), errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                if bad in text:
+                    print("FAIL: %s (run %d): %s\n%s" % (p.name, g, bad, text[text.index(bad) - 200:][:3000]),
+                          file=sys.stderr)
+                    sys.exit(1)
 
 
 if __name__ == "__main__":
