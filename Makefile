@@ -3,6 +3,7 @@
 #   make            build build/pdserve (-O2, C11, -Wall -Wextra -Werror)
 #   make test       build and run every unit test and the e2e scripts
 #   make check      the same under ASan+UBSan, in build/san
+#   make faults     the fault matrix (tests/faults/*.sh; also part of make test)
 #   make demo       the main job: prefill + decode + router, a chat completion streamed
 #   make demo-stop  stop it (make demo-1p3d: 1 prefill, 3 decodes)
 #   make clean
@@ -51,7 +52,7 @@ BIN      := $(BUILD)/pdserve
 $(BUILD)/src/kernels/x86/avx2.o:   ISA := -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/x86/avx512.o: ISA := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
 
-.PHONY: all test check clean unit e2e demo demo-1p3d demo-stop fuzz fuzz-bins bench-kernels
+.PHONY: all test check clean unit e2e faults demo demo-1p3d demo-stop fuzz fuzz-bins bench-kernels
 .SECONDARY:
 all: $(BIN)
 
@@ -88,8 +89,17 @@ e2e: $(BIN)
 		PDSERVE_BIN=$(abspath $(BIN)) bash $$t || fail=1; \
 	done; exit $$fail
 
+# The fault matrix: real processes, faults injected at known phases
+# (tests/faults/faults.py says what each case asserts).
+FAULT_SH := $(filter-out tests/faults/lib.sh,$(sort $(wildcard tests/faults/*.sh)))
+faults: $(BIN)
+	@fail=0; for t in $(FAULT_SH); do \
+		echo "== $$t"; \
+		PDSERVE_BIN=$(abspath $(BIN)) bash $$t || fail=1; \
+	done; exit $$fail
+
 test: $(BIN) $(TEST_BIN)
-	@$(MAKE) --no-print-directory unit e2e
+	@$(MAKE) --no-print-directory unit e2e faults
 
 check:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/san OPT=-O1 \

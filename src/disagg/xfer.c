@@ -154,7 +154,7 @@ typedef struct conn {
 	pid_t peer_pid;
 	/* prefill side, ucx: the endpoint into the decode's pool */
 	ucx_peer *up;
-	bool peer_closed; /* EOF from the peer: it has stopped (or died) */
+	bool peer_closed; /* EOF or reset from the peer: it has stopped (or died) */
 	/* cluster secret (CS_AUTH): our challenge, and how far the exchange is */
 	uint8_t nonce[AUTH_NONCE];
 	bool auth_answered; /* we sent our MAC of the peer's nonce */
@@ -193,6 +193,7 @@ struct room {
 	bool dest_sent;
 	double t_reserved;
 	pid_t quarantine_pid; /* shm: wait for this process to be gone before freeing */
+	bool pages_kept;      /* quarantined: the request has its answer; the page references are ours */
 };
 
 typedef struct {
@@ -204,7 +205,7 @@ typedef struct {
 typedef struct {
 	uint64_t rid, room;
 	bool has_rid;
-	char why[160];
+	char why[ENGINE_MSG_LEN];
 } failed_entry;
 
 struct xfer {
@@ -569,7 +570,7 @@ static void conn_kill(xfer *x, conn *c, const char *why)
 		room *r = x->rooms[i];
 		if (r->c != c)
 			continue;
-		char msg[200];
+		char msg[ENGINE_MSG_LEN];
 		snprintf(msg, sizeof(msg), "%s %s: %s", x->cfg.role == XFER_DECODE ? "prefill" : "decode", c->peer, why);
 		/* The peer closing the connection means it writes no more (a prefill
 		   stops writing for a connection before closing it, and a dead one
@@ -582,6 +583,13 @@ static void conn_kill(xfer *x, conn *c, const char *why)
 			r->st = RS_CANCELLING;
 			LOGW(TAG, "room %llu: holding its pages until prefill pid %d is gone", (unsigned long long)r->room,
 			     (int)c->peer_pid);
+			/* the client gets its error now; only the pages wait (a stopped
+			   prefill may stay alive for ever) */
+			if (r->has_rid && r->pages && x->eng && !r->pages_kept) {
+				engine_import_fail_keep(x->eng, r->rid, msg);
+				r->pages_kept = true;
+				stats_add(x, 0, 1, 0, 0);
+			}
 			continue;
 		}
 		fail_room(x, r, msg);
@@ -644,7 +652,9 @@ static void fail_room(xfer *x, room *r, const char *why)
 		if (r->c && r->c->st != CS_DEAD && r->have_dest)
 			send_text(r->c, KVW_ROOM_FAIL, r->room, why);
 	} else {
-		if (r->has_rid && x->eng) {
+		if (r->pages_kept && x->eng) /* answered already; the references are ours */
+			engine_release_pages(x->eng, r->pages, r->n_pages);
+		else if (r->has_rid && x->eng) {
 			if (r->pages)
 				engine_import_fail(x->eng, r->rid, why);
 			else
@@ -1379,8 +1389,8 @@ static void on_frame(xfer *x, conn *c, const kvw_hdr *h, const uint8_t *p, size_
 {
 	char err[ERR_LEN];
 	bool prefill = x->cfg.role == XFER_PREFILL;
-	if (prefill && c->st == CS_CLOSING)
-		return; /* refused (REJECT queued): nothing more from this peer counts */
+	if (c->st == CS_CLOSING)
+		return; /* refused (its REJECT is queued) or handed over: what the peer sent after is moot */
 	if (c->st == CS_AUTH || h->type == KVW_AUTH_CHALLENGE || h->type == KVW_AUTH_RESPONSE) {
 		on_auth(x, c, h, p, len);
 		return;
@@ -1701,6 +1711,8 @@ static void conn_rx(xfer *x, conn *c)
 				return;
 			if (errno == EINTR)
 				continue;
+			/* a reset is the peer closing too (with our bytes unread) */
+			c->peer_closed = errno == ECONNRESET;
 			conn_kill(x, c, strerror(errno));
 			return;
 		}
@@ -1864,7 +1876,14 @@ static void tick(xfer *x)
 		if (r->quarantine_pid) {
 			if (kill(r->quarantine_pid, 0) < 0 && errno == ESRCH) {
 				r->quarantine_pid = 0;
-				fail_room(x, r, "prefill died during the transfer");
+				if (r->pages_kept) { /* answered already: give the pages back */
+					LOGI(TAG, "room %llu: prefill pid gone, its %d pages freed", (unsigned long long)r->room,
+					     r->n_pages);
+					engine_release_pages(x->eng, r->pages, r->n_pages);
+					room_free(x, r);
+				} else {
+					fail_room(x, r, "prefill died during the transfer");
+				}
 			}
 			continue;
 		}

@@ -52,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/alloc.h"
 #include "base/clock.h"
@@ -93,13 +94,13 @@ typedef struct req {
 } req;
 
 /* A command for the scheduler from another thread (disaggregation). */
-typedef enum { CMD_IMPORT_DONE, CMD_IMPORT_FAIL, CMD_EXPORT_READY, CMD_FAIL } cmd_kind;
+typedef enum { CMD_IMPORT_DONE, CMD_IMPORT_FAIL, CMD_IMPORT_FAIL_KEEP, CMD_EXPORT_READY, CMD_FAIL } cmd_kind;
 
 typedef struct {
 	uint64_t rid;
 	cmd_kind kind;
 	engine_import_result res;
-	char message[128];
+	char message[ENGINE_MSG_LEN];
 } import_cmd;
 
 struct engine {
@@ -114,6 +115,7 @@ struct engine {
 	int max_batch;
 	int n_vocab;
 	int64_t max_total_tokens;
+	int test_step_delay_ms;  /* PDSERVE_TEST_STEP_DELAY_MS: test hook, see engine_create */
 
 	pthread_t thread;
 	bool thread_started;
@@ -546,7 +548,9 @@ static void apply_import(engine *e, const import_cmd *c)
 	if (!r)
 		return; /* finished meanwhile (e.g. aborted without a cancel hook) */
 	remove_importing(e, r);
-	if (c->kind == CMD_IMPORT_FAIL || r->abort_requested) {
+	if (c->kind == CMD_IMPORT_FAIL_KEEP)
+		r->n_pages = 0; /* the page references are the transfer layer's now */
+	if (c->kind == CMD_IMPORT_FAIL || c->kind == CMD_IMPORT_FAIL_KEEP || r->abort_requested) {
 		bool ab = r->abort_requested;
 		finish(e, r, ab ? ENGINE_FINISH_ABORT : ENGINE_FINISH_ERROR, -1, NULL, ab ? "aborted" : c->message);
 		return;
@@ -623,16 +627,17 @@ static int admit_import(engine *e, req *r, req *prev)
 	return 1;
 }
 
-static void drain_inbox(engine *e)
+/* Under mu: take the inbox (requests in submission order). */
+static req *take_inbox(engine *e)
 {
-	pthread_mutex_lock(&e->mu);
 	req *in = e->inbox_head;
 	e->inbox_head = e->inbox_tail = NULL;
 	e->n_inbox = 0;
-	uint64_t aborts[64];
-	int n_ab = 0;
-	pthread_mutex_unlock(&e->mu);
+	return in;
+}
 
+static void append_waiting(engine *e, req *in)
+{
 	while (in) {
 		req *r = in;
 		in = in->next;
@@ -644,10 +649,19 @@ static void drain_inbox(engine *e)
 		e->wait_tail = r;
 		e->n_waiting++;
 	}
+}
 
-	/* pages whose export references came back, and disaggregation commands:
-	   after the inbox, so a command always finds a request submitted before it */
+static void drain_inbox(engine *e)
+{
+	uint64_t aborts[64];
+	int n_ab = 0;
+	/* pages whose export references came back, and disaggregation commands,
+	   taken with the inbox under one lock: a command (or an abort, below)
+	   always finds a request submitted before it. Taking them under two
+	   locks lost an export_ready that came between, and its request waited
+	   for ever. */
 	pthread_mutex_lock(&e->mu);
+	req *in = take_inbox(e);
 	int32_t *rel = e->to_release;
 	int n_rel = e->n_release;
 	e->to_release = NULL;
@@ -657,6 +671,7 @@ static void drain_inbox(engine *e)
 	e->cmds = NULL;
 	e->n_cmds = e->cap_cmds = 0;
 	pthread_mutex_unlock(&e->mu);
+	append_waiting(e, in);
 	if (n_rel)
 		kvcache_release(e->kc, rel, n_rel);
 	alloc_free(rel);
@@ -671,9 +686,11 @@ static void drain_inbox(engine *e)
 		for (int i = 0; i < n_ab; i++)
 			aborts[i] = e->aborts[e->n_aborts - n_ab + i];
 		e->n_aborts -= n_ab;
+		in = n_ab ? take_inbox(e) : NULL;
 		pthread_mutex_unlock(&e->mu);
 		if (!n_ab)
 			break;
+		append_waiting(e, in);
 		for (int a = 0; a < n_ab; a++) {
 			uint64_t rid = aborts[a];
 			req **pp = &e->wait_head, *prev = NULL;
@@ -1088,6 +1105,11 @@ static void *scheduler_main(void *arg)
 			run_step(e, n);
 		publish_stats(e);
 		notify(e);
+		if (n > 0 && e->test_step_delay_ms > 0) {
+			/* test hook: a slow step, after its events and exports are out */
+			struct timespec ts = { e->test_step_delay_ms / 1000, (long)(e->test_step_delay_ms % 1000) * 1000000L };
+			nanosleep(&ts, NULL);
+		}
 		if (n == 0 && e->n_waiting > 0 && e->n_running == 0) {
 			/* a waiting head that cannot be admitted with nothing running is
 			   finished by admit_one; reaching here means we must wait for input */
@@ -1136,6 +1158,16 @@ engine *engine_create(const engine_config *cfg_in, char err[ERR_LEN])
 		return NULL;
 	}
 	e->cfg = cfg;
+	/* Test-only hook (tests/faults/): sleep this long after every forward
+	   step, so that a prefill pauses between the chunks it exports and a
+	   fault can be injected mid-transfer. Never set in production. */
+	const char *delay = getenv("PDSERVE_TEST_STEP_DELAY_MS");
+	if (delay && *delay) {
+		long ms = strtol(delay, NULL, 10);
+		e->test_step_delay_ms = ms > 0 && ms <= 60000 ? (int)ms : 0;
+		if (e->test_step_delay_ms)
+			LOGW("engine", "PDSERVE_TEST_STEP_DELAY_MS=%d: every step sleeps (test hook)", e->test_step_delay_ms);
+	}
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->cv, NULL);
 	pthread_cond_init(&e->flush_cv, NULL);
@@ -1488,15 +1520,25 @@ int engine_import_done(engine *e, uint64_t rid, const engine_import_result *res)
 	return push_cmd(e, &c);
 }
 
-void engine_import_fail(engine *e, uint64_t rid, const char *message)
+static void import_fail(engine *e, uint64_t rid, const char *message, cmd_kind kind)
 {
 	import_cmd c;
 	memset(&c, 0, sizeof(c));
 	c.rid = rid;
-	c.kind = CMD_IMPORT_FAIL;
+	c.kind = kind;
 	snprintf(c.message, sizeof(c.message), "%s", message ? message : "KV transfer failed");
 	if (push_cmd(e, &c) < 0)
 		LOGE("engine", "out of memory failing rid %llu", (unsigned long long)rid);
+}
+
+void engine_import_fail(engine *e, uint64_t rid, const char *message)
+{
+	import_fail(e, rid, message, CMD_IMPORT_FAIL);
+}
+
+void engine_import_fail_keep(engine *e, uint64_t rid, const char *message)
+{
+	import_fail(e, rid, message, CMD_IMPORT_FAIL_KEEP);
 }
 
 void engine_export_ready(engine *e, uint64_t rid)

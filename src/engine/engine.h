@@ -30,6 +30,10 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 
+/* Error messages carried with events (longer ones are cut): room for a
+   peer address and a handshake refusal that names both sides' values. */
+#define ENGINE_MSG_LEN 256
+
 typedef enum { ENGINE_POLICY_FCFS, ENGINE_POLICY_LPM } engine_policy;
 
 /* Role of a request in prefill/decode disaggregation (src/disagg/). */
@@ -150,7 +154,7 @@ typedef struct {
 	int prompt_tokens;
 	int cached_tokens;        /* prompt tokens served from the prefix cache */
 	int completion_tokens;    /* tokens generated so far, this one included */
-	char message[128];        /* ENGINE_FINISH_ERROR: what went wrong */
+	char message[ENGINE_MSG_LEN]; /* ENGINE_FINISH_ERROR: what went wrong */
 } engine_event;
 
 /* Move up to max queued events into out (in order per request). Returns
@@ -202,6 +206,12 @@ int engine_import_done(engine *e, uint64_t rid, const engine_import_result *res)
    pages any more: finish it (ERROR with message, or ABORT if it was aborted)
    and free the pages. */
 void engine_import_fail(engine *e, uint64_t rid, const char *message);
+/* The same for a transfer whose writer may still write into the pages (a
+   silent prefill): the request finishes now, but its pages stay reserved;
+   their references (one per page of the list kv_import handed out) become
+   the caller's, to give back with engine_release_pages() once nothing
+   writes into them any more. */
+void engine_import_fail_keep(engine *e, uint64_t rid, const char *message);
 
 /* The pool (layout for transfers; the accessors that read its geometry and
    kvcache_view are safe from any thread). */

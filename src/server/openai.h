@@ -233,7 +233,7 @@ typedef struct {
 	int matched_stop;        /* index into r->stop, or -1 */
 	int32_t matched_id;      /* the stop token, or -1 */
 	int prompt_tokens, cached_tokens, completion_tokens;
-	char message[128];       /* FINISH_ERROR */
+	char message[ENGINE_MSG_LEN]; /* FINISH_ERROR */
 } openai_choice;
 
 /* 0 or ERR_NOMEM. Call fini either way. */

@@ -6,11 +6,13 @@
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "engine/engine.h"
 #include "engine/kvcache.h"
 #include "kernels/qtypes.h"
@@ -604,6 +606,98 @@ Test(engine_pd, import_abort_waits_for_cancel)
 	pump(&d, 2, NULL);
 	cr_expect_eq(d.res[1].finish, ENGINE_FINISH_ERROR);
 	cr_expect(strstr(d.res[1].message, "disconnected"), "%s", d.res[1].message);
+	assert_stats_idle(d.e);
+	harness_close(&d);
+}
+
+static void release_export(void *arg, const engine_kv_export *x)
+{
+	if (!x->failed)
+		engine_release_pages(*(engine **)arg, x->pages, x->n);
+}
+
+/* engine_export_ready right after engine_submit, many times: the command
+   must find its request even when the scheduler took the inbox just before
+   the command came (it was dropped, and the request waited for ever). The
+   window is a few instructions wide, so this stresses it rather than hits
+   it every run (seen once as a 60 s hang of skip_compute_... under load). */
+Test(engine_pd, export_ready_right_after_submit_is_never_lost)
+{
+	static engine *pe;
+	harness p;
+	engine_config cp = base_config(stories());
+	cp.skip_compute = true;
+	cp.kv_export = release_export;
+	cp.pd_arg = &pe;
+	harness_open(&p, &cp);
+	pe = p.e;
+	int32_t prompt[20];
+	make_prompt(21, 20, prompt);
+	char err[ERR_LEN];
+	for (int it = 0; it < 3000; it++) {
+		uint64_t rid = (uint64_t)(it % MAXR);
+		memset(&p.res[rid], 0, sizeof(p.res[rid]));
+		engine_request r = { .rid = rid, .prompt = prompt, .n_prompt = 20, .max_new_tokens = 1,
+				     .pd = ENGINE_PD_EXPORT };
+		r.sampling = sampler_params_default();
+		cr_assert_eq(engine_submit(p.e, &r, err), 0, "%s", err);
+		engine_export_ready(p.e, rid);
+		double t0 = clock_now_s();
+		while (!p.res[rid].done) {
+			engine_event ev[8];
+			int n = engine_poll(p.e, ev, 8);
+			for (int i = 0; i < n; i++)
+				if (ev[i].finish != ENGINE_FINISH_NONE)
+					p.res[ev[i].rid].done = 1;
+			cr_assert(clock_now_s() - t0 < 5, "iteration %d: the request never ran (export_ready lost)", it);
+			if (!n)
+				sched_yield();
+		}
+	}
+	harness_close(&p);
+}
+
+/* A silent writer (engine_import_fail_keep): the request ends with its
+   error at once, its pages stay reserved until the transfer layer gives
+   them back with engine_release_pages. */
+Test(engine_pd, import_fail_keep_holds_pages_until_released)
+{
+	memset(&link_, 0, sizeof(link_));
+	pthread_mutex_init(&link_.mu, NULL);
+	harness d;
+	engine_config cd = base_config(stories());
+	cd.kv_import = on_import;
+	cd.kv_import_cancel = on_cancel;
+	cd.pd_arg = &link_;
+	harness_open(&d, &cd);
+	link_.d = d.e;
+	int32_t p[40];
+	make_prompt(11, 40, p);
+	engine_request r = { .rid = 3, .prompt = p, .n_prompt = 40, .max_new_tokens = 10, .pd = ENGINE_PD_IMPORT };
+	r.sampling = sampler_params_default();
+	char err[ERR_LEN];
+	cr_assert_eq(engine_submit(d.e, &r, err), 0, "%s", err);
+	for (int i = 0; i < 500 && !link_.imported[3]; i++) {
+		struct timespec ts = { 0, 5 * 1000000 };
+		nanosleep(&ts, NULL);
+	}
+	cr_assert(link_.imported[3]);
+	engine_import_fail_keep(d.e, 3, "prefill 127.0.0.1:8998: no heartbeat for 0.6 s");
+	pump(&d, 1, NULL);
+	cr_expect_eq(d.res[3].finish, ENGINE_FINISH_ERROR);
+	cr_expect(strstr(d.res[3].message, "no heartbeat"), "%s", d.res[3].message);
+	engine_stats s;
+	for (int i = 0; i < 20; i++) { /* stats are published after the step */
+		engine_get_stats(d.e, &s);
+		if (s.running == 0 && s.waiting == 0)
+			break;
+		struct timespec ts = { 0, 10 * 1000000 };
+		nanosleep(&ts, NULL);
+	}
+	cr_assert_eq(s.running, 0);
+	cr_assert_eq(s.pages_total - s.pages_free - s.pages_cached, link_.d_npages[3],
+		     "the failed request's %d pages must stay held", link_.d_npages[3]);
+	engine_release_pages(d.e, link_.d_pages[3], link_.d_npages[3]);
 	assert_stats_idle(d.e);
 	harness_close(&d);
 }
