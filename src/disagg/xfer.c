@@ -300,17 +300,27 @@ int xfer_backend_parse(const char *name, xfer_backend *out, char err[ERR_LEN])
 	return 0;
 }
 
+/* Who "the same host" is for the same-host paths (shm, and trusting the
+   prefill's pid with ucx): the kernel's boot id and our PID namespace. Two
+   containers on one kernel with their own PID namespaces see different pids
+   for one process (and SO_PEERCRED gives 0 across them), so a pid from the
+   other side would name the wrong process, or none: such peers count as
+   different hosts (shm is refused, ucx gets the cross-host rules). */
 static uint64_t read_host_id(void)
 {
-	char buf[128] = { 0 };
+	char buf[128] = { 0 }, ns[64] = { 0 };
 	FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
 	if (f) {
 		if (!fgets(buf, sizeof(buf), f))
 			buf[0] = '\0';
 		fclose(f);
 	}
+	ssize_t n = readlink("/proc/self/ns/pid", ns, sizeof(ns) - 1);
+	ns[n > 0 ? n : 0] = '\0';
 	uint64_t h = 1469598103934665603ull;
 	for (char *p = buf; *p && *p != '\n'; p++)
+		h = (h ^ (uint8_t)*p) * 1099511628211ull;
+	for (char *p = ns; *p; p++)
 		h = (h ^ (uint8_t)*p) * 1099511628211ull;
 	return h;
 }
@@ -908,7 +918,8 @@ static void on_hello_ok(xfer *x, conn *c, const uint8_t *p, size_t len)
 	}
 	/* shm: same host, then move to the prefill's unix socket and pass our pool */
 	if (h.host_id != x->host_id || !h.shm_path[0]) {
-		conn_kill(x, c, "the shm backend needs prefill and decode on one host (boot ids differ); use tcp");
+		conn_kill(x, c, "the shm backend needs prefill and decode on one host and in one PID namespace "
+				  "(boot ids or PID namespaces differ; containers: pid: host); use tcp");
 		return;
 	}
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

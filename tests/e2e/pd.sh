@@ -41,7 +41,7 @@ start() {
 	local name=$1 port pid deadline
 	shift
 	port=$(free_port)
-	"$BIN" server --model-path "$MODEL" --port "$port" --max-total-tokens 8192 "$@" \
+	${WRAP:-} "$BIN" server --model-path "$MODEL" --port "$port" --max-total-tokens 8192 "$@" \
 		>"$T/$name.out" 2>"$T/$name.err" &
 	pid=$!
 	PIDS+=("$pid")
@@ -227,6 +227,17 @@ elif step == "client-leaves":
     pages_back(ports["D"], "decode after the client left")
     pages_back(ports["P"], "prefill after the client left")
     print("ok: client left mid-stream: pages back on both sides")
+elif step == "pidns":
+    # a decode in its own PID namespace (a container without pid: host): a
+    # pid from the prefill would name another process there, so shm is
+    # refused by name and ucx works by the cross-host rules
+    st, r = post(ports["DSN"], "/generate", body(555, ports["BS"]))
+    assert st >= 500 and "one PID namespace" in r["error"]["message"], (st, r)
+    pages_back(ports["DSN"], "decode after the shm refusal")
+    o = pd(ports["PU"], ports["DUN"], ports["BU"], "once upon a time")
+    st, u = post(ports["U"], "/generate", {"text": "once upon a time", "sampling_params": {"max_new_tokens": 24, "temperature": 0}})
+    assert o["d"][0] == 200 and o["d"][1]["output_ids"] == u["output_ids"], (o, u)
+    print("ok: decode in its own PID namespace: shm refused by name (%s); ucx PD == unified" % r["error"]["message"][:60])
 elif step == "mismatch":
     # the decode half alone: the prefill never hears of a room whose decode it refused
     st, r = post(ports["D32"], "/generate", body(444, ports["BP"]))
@@ -237,6 +248,13 @@ J() { echo "{\"U\":$U_PORT,\"P\":$P_PORT,\"P_PID\":$P_PID,\"D\":$D_PORT,\"D_PID\
 python3 "$T/fail.py" "$T/pd.py" "$(J)" client-leaves
 start D32 --disaggregation-mode decode --page-size 32
 python3 "$T/fail.py" "$T/pd.py" "$(J ",\"D32\":$D32_PORT")" mismatch
+if unshare --pid --fork --kill-child true 2>/dev/null; then
+	WRAP="unshare --pid --fork --kill-child" start DSN --disaggregation-mode decode --disaggregation-transfer-backend shm
+	WRAP="unshare --pid --fork --kill-child" start DUN --disaggregation-mode decode --disaggregation-transfer-backend ucx
+	python3 "$T/fail.py" "$T/pd.py" "$(J ",\"DSN\":$DSN_PORT,\"DUN\":$DUN_PORT,\"BS\":$BS,\"PU\":$PU_PORT,\"BU\":$BU")" pidns
+else
+	echo "skip: PID namespaces (unshare --pid needs root)"
+fi
 python3 "$T/fail.py" "$T/pd.py" "$(J)" prefill-dies
 start P --disaggregation-mode prefill --disaggregation-bootstrap-port "$BP" --chunked-prefill-size 32
 python3 "$T/fail.py" "$T/pd.py" "$(J)" after-restart
