@@ -6,6 +6,8 @@
 #   make faults     the fault matrix (tests/faults/*.sh; also part of make test)
 #   make demo       the main job: prefill + decode + router, a chat completion streamed
 #   make demo-stop  stop it (make demo-1p3d: 1 prefill, 3 decodes)
+#   make soak       SOAK_MINUTES (30) of mixed load through router + 1P2D with
+#                   worker restarts; RSS must stay flat (not in test/CI)
 #   make clean
 #
 # BUILD=dir puts objects elsewhere (several builds can share one tree).
@@ -52,7 +54,7 @@ BIN      := $(BUILD)/pdserve
 $(BUILD)/src/kernels/x86/avx2.o:   ISA := -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/x86/avx512.o: ISA := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
 
-.PHONY: all test check clean unit e2e faults demo demo-1p3d demo-stop fuzz fuzz-bins bench-kernels
+.PHONY: all test check clean unit e2e faults demo demo-1p3d demo-stop fuzz fuzz-bins bench-kernels soak
 .SECONDARY:
 all: $(BIN)
 
@@ -114,6 +116,14 @@ demo-1p3d:
 	@BUILD=$(BUILD) DECODES=3 scripts/demo.sh
 demo-stop:
 	@BUILD=$(BUILD) scripts/demo.sh stop
+
+# The soak (tests/soak/soak.sh says what it does and asserts): long, so never
+# part of test, check or CI. SOAK_MINUTES=3 for a try; results (samples.csv,
+# summary.json, logs) in BUILD/soak/DATE unless SOAK_RESULTS names a folder.
+SOAK_MINUTES ?= 30
+soak: $(BIN)
+	PDSERVE_BIN=$(abspath $(BIN)) SOAK_MINUTES=$(SOAK_MINUTES) \
+		SOAK_RESULTS=$${SOAK_RESULTS:-$(abspath $(BUILD))/soak/$$(date -u +%Y%m%d-%H%M%S)} bash tests/soak/soak.sh
 
 # libFuzzer targets (tests/fuzz/*_fuzz.c), built with clang + ASan/UBSan in
 # BUILD/fuzz, each run for FUZZ_SECONDS over its committed seed corpus
