@@ -154,6 +154,15 @@ static void new_id(http_server *s, const char *prefix, char *out, size_t n)
 		 (unsigned long long)rng_next(s));
 }
 
+/* Status of a request the engine failed. In a PD role the engine fails a
+   request only when the other half or the KV transfer did (engine_fail,
+   engine_import_fail): 502, an upstream failure, so that clients and routers
+   that retry gateway errors do; 500 otherwise. */
+static int failure_status(const http_server *s)
+{
+	return s->cfg.xf ? 502 : 500;
+}
+
 static const char *reason(int status)
 {
 	switch (status) {
@@ -166,6 +175,7 @@ static const char *reason(int status)
 	case 431: return "Request Header Fields Too Large";
 	case 499: return "Client Closed Request";
 	case 500: return "Internal Server Error";
+	case 502: return "Bad Gateway";
 	case 503: return "Service Unavailable";
 	default: return "Error";
 	}
@@ -381,7 +391,7 @@ static void reply_done(call *c)
 		for (int i = 0; i < c->n; i++)
 			if (c->ch[i].finish == OPENAI_FINISH_ERROR) {
 				openai_error e; /* logged when its event came (on_event) */
-				openai_error_set(&e, 500, NULL, "%s", c->ch[i].message);
+				openai_error_set(&e, failure_status(s), NULL, "%s", c->ch[i].message);
 				size_t len;
 				char *chunk = openai_render_error_chunk(&e, &len);
 				stream_write(s, req, chunk, len);
@@ -402,7 +412,7 @@ static void reply_done(call *c)
 	for (int i = 0; i < c->n; i++)
 		if (c->ch[i].finish == OPENAI_FINISH_ERROR) {
 			openai_error e; /* logged when its event came (on_event) */
-			openai_error_set(&e, 500, NULL, "%s", c->ch[i].message);
+			openai_error_set(&e, failure_status(s), NULL, "%s", c->ch[i].message);
 			reply_error_as(s, req, c->route, &e, false);
 			return;
 		}

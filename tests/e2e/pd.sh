@@ -188,7 +188,7 @@ if step == "prefill-dies":
     th.join()
     el = time.time() - t0 - 0.5
     st, r = out["d"]
-    assert st >= 500, (st, r)
+    assert st == 502, (st, r)  # the other half failed: a gateway error, not the decode's own
     assert "prefill" in r["error"]["message"], r
     assert el < 2.5, "decode took %.1f s to fail the room" % el
     pages_back(ports["D"], "decode after the prefill died")
