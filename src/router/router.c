@@ -74,7 +74,6 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <event2/thread.h>
 #include <json-c/json.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -94,6 +93,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "router/upstream.h"
+#include "server/evinit.h"
 
 #define ROUTER_VERSION "0.1.0"
 #define TICK_MS 100
@@ -2362,20 +2362,6 @@ router_config router_config_default(void)
 	};
 }
 
-static void evlog(int severity, const char *msg)
-{
-	log_msg(severity >= EVENT_LOG_ERR ? LOG_ERROR : severity == EVENT_LOG_WARN ? LOG_WARN : LOG_DEBUG, "libevent",
-		"%s", msg);
-}
-
-static pthread_once_t evthread_once = PTHREAD_ONCE_INIT;
-static int evthread_rc;
-static void evthread_init(void)
-{
-	event_set_log_callback(evlog);
-	evthread_rc = evthread_use_pthreads();
-}
-
 static void on_stop(evutil_socket_t fd, short what, void *arg)
 {
 	router *r = arg;
@@ -2399,11 +2385,8 @@ static int bound_port(struct evhttp_bound_socket *s)
 
 router *router_create(const router_config *cfg, char err[ERR_LEN])
 {
-	pthread_once(&evthread_once, evthread_init);
-	if (evthread_rc < 0) {
-		err_set(err, ERR_IO, "libevent: no pthreads support");
+	if (evinit(err) < 0)
 		return NULL;
-	}
 	router *r = alloc_zeroed(1, sizeof(*r));
 	if (!r) {
 		err_set(err, ERR_NOMEM, "out of memory");

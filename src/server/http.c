@@ -3,7 +3,7 @@
  *
  * Threads. Everything here runs on the event loop thread except
  * http_server_notify() and http_server_stop(), which only event_active() a
- * user event (libevent is made thread-aware with evthread_use_pthreads()
+ * user event (libevent is made thread-aware by evinit()
  * before the base exists). The engine's scheduler thread calls notify after
  * appending events; the loop's on_wake() drains engine_poll() until empty.
  * A notify that lands while on_wake runs re-arms the event, so no event is
@@ -67,7 +67,6 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <event2/thread.h>
 #include <json-c/json.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -83,6 +82,7 @@
 #include "base/alloc.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "server/evinit.h"
 #include "server/metrics.h"
 #include "server/openai.h"
 
@@ -1355,20 +1355,6 @@ static void on_request(struct evhttp_request *req, void *arg)
 /* ---------------------------------------------------------------- life cycle */
 
 /* libevent's own warnings go through our log, one line each. */
-static void evlog(int severity, const char *msg)
-{
-	log_msg(severity >= EVENT_LOG_ERR ? LOG_ERROR : severity == EVENT_LOG_WARN ? LOG_WARN : LOG_DEBUG, "libevent",
-		"%s", msg);
-}
-
-static pthread_once_t evthread_once = PTHREAD_ONCE_INIT;
-static int evthread_rc;
-static void evthread_init(void)
-{
-	event_set_log_callback(evlog);
-	evthread_rc = evthread_use_pthreads();
-}
-
 static void on_stop(evutil_socket_t fd, short what, void *arg)
 {
 	http_server *s = arg;
@@ -1379,11 +1365,8 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
 
 http_server *http_server_create(const http_config *cfg, char err[ERR_LEN])
 {
-	pthread_once(&evthread_once, evthread_init);
-	if (evthread_rc < 0) {
-		err_set(err, ERR_IO, "libevent: no pthreads support");
+	if (evinit(err) < 0)
 		return NULL;
-	}
 	http_server *s = alloc_zeroed(1, sizeof(*s));
 	if (!s) {
 		err_set(err, ERR_NOMEM, "out of memory");
