@@ -28,8 +28,12 @@ if [ ! -r "$MODEL" ]; then
 	"$BIN" model synth --out "$MODEL" >/dev/null 2>&1 || fail "model synth"
 fi
 export PDSERVE_BIN="$BIN" FAULT_MODEL="$MODEL" FAULT_TMP="$T"
-# a silent peer is dead after 0.6 s; nothing waits for long
-export SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL=0.3 SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE=2
+# a silent peer is dead after 0.6 s; nothing waits for long. FAULT_HB
+# overrides the interval: router.sh takes 0.5 s (its many clients leaving at
+# once load the machine, and a ROOM_FAIL_ACK later than 0.6 s got the
+# connection killed and, with ucx, the room held while the prefill lives:
+# "Ducxr not back to baseline ... rooms_live 1" under a loaded make test)
+export SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL=${FAULT_HB:-0.3} SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE=2
 export SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT=5 SGLANG_DISAGGREGATION_WAITING_TIMEOUT=8
 
 # the transfer backends to run: tcp, shm, and ucx when this build has it
