@@ -14,27 +14,7 @@
 set -euo pipefail
 START=$SECONDS
 
-BIN=${PDSERVE_BIN:?set PDSERVE_BIN to the pdserve binary}
-HERE=$(cd "$(dirname "$0")/../.." && pwd)
-SHARED=${PDSERVE_SHARED:-$HERE/../shared}
-command -v curl >/dev/null && command -v python3 >/dev/null || { echo "skip: needs curl and python3"; exit 0; }
-T=$(mktemp -d)
-PIDS=()
-cleanup() {
-	exec 2>/dev/null
-	for p in "${PIDS[@]}"; do kill -9 "$p" || true; done
-	wait || true
-	rm -rf "$T"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-MODEL=$SHARED/models/stories260K.gguf
-if [ ! -r "$MODEL" ]; then
-	MODEL=$T/synth.gguf
-	"$BIN" model synth --out "$MODEL" >/dev/null 2>&1 || fail "model synth"
-fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+source "$(dirname "$0")/../lib/common.sh"
 
 wait_health() {
 	local name=$1 port=$2 pid=$3 deadline=$((SECONDS + 20))

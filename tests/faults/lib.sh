@@ -1,32 +1,9 @@
-# lib.sh - sourced by every tests/faults/*.sh: the binary, the model, a temp
-# dir, small SGLang timeouts, the backends this build has, and a cleanup
+# lib.sh - sourced by every tests/faults/*.sh: on top of ../lib/common.sh (the binary, the model, a temp
+# dir, the cleanup trap), small SGLang timeouts and the backends this build has; the cleanup
 # trap that kills every process the case started (faults.py records their
 # pids in $T/pids) and removes the temp dir.
-set -euo pipefail
-BIN=${PDSERVE_BIN:?set PDSERVE_BIN to the pdserve binary}
 FAULTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-HERE=$(cd "$FAULTS/../.." && pwd)
-SHARED=${PDSERVE_SHARED:-$HERE/../shared}
-command -v curl >/dev/null && command -v python3 >/dev/null || { echo "skip: needs curl and python3"; exit 0; }
-T=$(mktemp -d)
-PIDS=()
-cleanup() {
-	set +e
-	exec 2>/dev/null
-	[ -f "$T/pids" ] && while read -r p; do kill -CONT "$p"; kill -9 "$p"; done <"$T/pids"
-	for p in "${PIDS[@]}"; do kill -9 "$p" || true; done
-	wait || true
-	[ -n "${CLEANUP_MORE:-}" ] && eval "$CLEANUP_MORE"
-	rm -rf "$T"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-MODEL=$SHARED/models/stories260K.gguf
-if [ ! -r "$MODEL" ]; then
-	MODEL=$T/synth.gguf
-	"$BIN" model synth --out "$MODEL" >/dev/null 2>&1 || fail "model synth"
-fi
+source "$FAULTS/../lib/common.sh"
 export PDSERVE_BIN="$BIN" FAULT_MODEL="$MODEL" FAULT_TMP="$T"
 # a silent peer is dead after 0.6 s; nothing waits for long. FAULT_HB
 # overrides the interval: router.sh takes 0.5 s (its many clients leaving at
