@@ -9,10 +9,13 @@
 #   completions with token-id prompts, openai-chat: llama-server's wire
 #   format), on a unified server and on PD behind `pdserve router` (the
 #   decode server's counts);
-# - mean TTFT and TPOT agree within 5% with the server's own histograms
-#   (sum/count growth) over the same run (PD: the router's TTFT histogram
-#   within 10%, the decode's within 15% since its clock misses the router's
-#   hop). The server's clock starts after
+# - mean TPOT agrees within 5% with the server's own histogram (sum/count
+#   growth) over the same run; mean TTFT is at most 2% below the server's
+#   (the server's clock runs inside the client's) and at most 15% above it
+#   (6.5% seen under a parallel make test; PD: the router's histogram within
+#   15%, the decode's within 25% since its clock misses the router's hop).
+#   A bench timing the wrong span (e2e, or from its own start) is far
+#   outside either bound. The server's clock starts after
 #   it parsed and tokenized the request, so the checked runs keep the server
 #   busy (tens of requests at once) to make TTFT mostly server work; the
 #   server gets one thread so that its event loop and the client have a core;
@@ -77,7 +80,7 @@ start() {
 start S --threads 1 # the event loop and the client get the other core
 URL=http://127.0.0.1:$S_PORT
 METRICS_URL=$URL
-TTFT_TOL=0.05
+TTFT_TOL=0.15
 ROUTER_METRICS_URL=
 metrics() {
 	curl -sf "$METRICS_URL/metrics" >"$1" || fail "GET /metrics"
@@ -125,20 +128,26 @@ for k in ["backend", "dataset_name", "request_rate", "max_concurrency", "duratio
     if k not in run: bad.append(f"key {k} missing")
 for k in ["input_lens", "output_lens", "ttfts", "itls", "errors"]:
     if len(run.get(k, [])) != n: bad.append(f"{k} has {len(run.get(k, []))} entries, want {n}")
-def close(name, client_ms, server_sum, server_count, tol=0.05):
+# close: the client's mean within [server - below, server + above] (relative).
+# A TTFT's server clock starts after the client's and stops before it, so
+# the client may not be below by more than rounding; above it is allowed
+# the hop and, on a loaded machine, the event loop's queueing.
+def close(name, client_ms, server_sum, server_count, above=0.05, below=0.05):
     if server_count <= 0:
         bad.append(f"{name}: the server observed nothing"); return
     server_ms = 1e3 * server_sum / server_count
-    rel = abs(client_ms - server_ms) / server_ms
-    print(f"  {tag}: {name} client {client_ms:.3f} ms, server {server_ms:.3f} ms ({100 * rel:.1f}%)")
-    if rel > tol: bad.append(f"{name}: client {client_ms:.3f} ms vs server {server_ms:.3f} ms ({100 * rel:.1f}% > {100 * tol:.0f}%)")
+    rel = (client_ms - server_ms) / server_ms
+    print(f"  {tag}: {name} client {client_ms:.3f} ms, server {server_ms:.3f} ms ({100 * rel:+.1f}%)")
+    if rel > above or -rel > below:
+        bad.append(f"{name}: client {client_ms:.3f} ms vs server {server_ms:.3f} ms "
+                   f"({100 * rel:+.1f}%, allowed -{100 * below:.0f}% to +{100 * above:.0f}%)")
 if run.get("stream", True) and run["mean_itl_ms"] > 0:
     close("mean TTFT", run["mean_ttft_ms"], d("sglang:time_to_first_token_seconds_sum"),
-          d("sglang:time_to_first_token_seconds_count"), ttft_tol)
+          d("sglang:time_to_first_token_seconds_count"), ttft_tol, 0.02)
     if "pdserve:router_time_to_first_token_seconds_count" in b:
         close("mean TTFT (router's histogram)", run["mean_ttft_ms"],
               d("pdserve:router_time_to_first_token_seconds_sum"),
-              d("pdserve:router_time_to_first_token_seconds_count"), 0.10)
+              d("pdserve:router_time_to_first_token_seconds_count"), 0.15, 0.02)
     close("mean TPOT", run["mean_tpot_ms"], d("sglang:time_per_output_token_seconds_sum"),
           d("sglang:time_per_output_token_seconds_count"))
 if bad:
@@ -243,7 +252,7 @@ until curl -sf "http://127.0.0.1:$RP/health" >/dev/null 2>&1 &&
 	[ "$SECONDS" -lt "$deadline" ] || { cat "$T/router.err" >&2; fail "router not serving within 20 s"; }
 	sleep 0.1
 done
-URL=http://127.0.0.1:$RP METRICS_URL=http://127.0.0.1:$D_PORT TTFT_TOL=0.15 ROUTER_METRICS_URL=http://127.0.0.1:$RP
+URL=http://127.0.0.1:$RP METRICS_URL=http://127.0.0.1:$D_PORT TTFT_TOL=0.25 ROUTER_METRICS_URL=http://127.0.0.1:$RP
 # (outputs of 128-256 tokens: the client's TPOT carries a fixed per-request
 # offset - the last chunk's trip through the router - that short outputs of
 # this sub-millisecond model turn into several percent)
@@ -251,7 +260,7 @@ run_checked pd --backend sglang --dataset-name random --random-input-len 200 --r
 	--random-range-ratio 0.5 --num-prompts 48 --request-rate inf --tokenizer "$MODEL"
 run_checked pdchat --backend openai-chat --dataset-name random --random-input-len 150 --random-output-len 256 \
 	--random-range-ratio 1 --num-prompts 48 --request-rate inf --tokenizer "$MODEL"
-URL=http://127.0.0.1:$S_PORT METRICS_URL=$URL TTFT_TOL=0.05 ROUTER_METRICS_URL=
+URL=http://127.0.0.1:$S_PORT METRICS_URL=$URL TTFT_TOL=0.15 ROUTER_METRICS_URL=
 
 # ---- failures are counted, never averaged
 "$BIN" bench serving --base-url "$URL" --dataset-name random --random-input-len 700 --random-output-len 8 \
