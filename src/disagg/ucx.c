@@ -27,12 +27,17 @@
 
 #include <ucp/api/ucp.h>
 
-struct ucx {
-	ucp_context_h ctx;
+struct ucx_worker {
 	ucp_worker_h worker;
 	int efd;
 	ucp_address_t *addr;
 	size_t addr_len;
+};
+
+struct ucx {
+	ucp_context_h ctx;
+	ucx_worker main; /* the prefill's endpoints; the decode's default address */
+	bool fences;     /* a worker's peers write only through it (ucx_fences) */
 	char desc[2048];
 };
 
@@ -46,6 +51,7 @@ struct ucx_mem {
 
 struct ucx_peer {
 	ucx *u;
+	ucx_worker w; /* its own: closed with it, taking UCX's connections along */
 	ucp_ep_h ep;
 	ucp_rkey_h rkey;
 	uint64_t base, bytes;
@@ -57,28 +63,50 @@ bool ucx_available(void)
 	return true;
 }
 
-/* "tl/dev" of every resource a context uses, comma separated. */
-static void resources(ucp_context_h ctx, char *out, size_t cap)
+/* Transports through which a peer can only write into our memory by
+   messages or RDMA over connections that belong to one of our workers
+   (the "self" loopback never serves another process). Shared-memory ones
+   (posix, sysv, cma, knem, xpmem) let the peer write on its own. */
+static bool network_tl(const char *tl, size_t n)
+{
+	static const char *const net[] = { "tcp", "rc_verbs", "rc_mlx5", "dc_mlx5", "ud_verbs", "ud_mlx5", "self" };
+	for (size_t i = 0; i < sizeof(net) / sizeof(net[0]); i++)
+		if (strlen(net[i]) == n && !strncmp(tl, net[i], n))
+			return true;
+	return false;
+}
+
+/* "tl/dev" of every resource a context uses, comma separated; *fences:
+   every one is a network transport (false when none could be read). */
+static void resources(ucp_context_h ctx, char *out, size_t cap, bool *fences)
 {
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&buf, &len);
 	out[0] = '\0';
+	if (fences)
+		*fences = false;
 	if (!f)
 		return;
 	ucp_context_print_info(ctx, f);
 	fclose(f);
 	size_t o = 0;
+	int seen = 0, net = 0;
 	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
 		char *flags = strstr(line, "resource");
 		char *dash = flags ? strstr(line, "-- ") : NULL;
 		if (!dash)
 			continue;
-		int n = snprintf(out + o, cap - o, "%s%s", o ? "," : "", dash + 3);
+		const char *tl = dash + 3, *slash = strchr(tl, '/');
+		seen++;
+		net += slash && network_tl(tl, (size_t)(slash - tl));
+		int n = snprintf(out + o, cap - o, "%s%s", o ? "," : "", tl);
 		if (n < 0 || (size_t)n >= cap - o)
-			break;
+			continue; /* out is full; keep counting */
 		o += (size_t)n;
 	}
+	if (fences)
+		*fences = seen > 0 && net == seen;
 	free(buf);
 }
 
@@ -105,7 +133,7 @@ static int check_devices(const char *list, char *devs, size_t cap, char *err)
 	ucp_config_release(cfg);
 	if (st != UCS_OK)
 		return err_set(err, ERR_IO, "UCX: %s", ucs_status_string(st));
-	resources(probe, seen, sizeof(seen));
+	resources(probe, seen, sizeof(seen), NULL);
 	ucp_cleanup(probe);
 	char tmp[512];
 	snprintf(tmp, sizeof(tmp), "%s", list);
@@ -137,6 +165,38 @@ static int check_devices(const char *list, char *devs, size_t cap, char *err)
 	return 0;
 }
 
+static void worker_fini(ucx_worker *w)
+{
+	if (w->addr)
+		ucp_worker_release_address(w->worker, w->addr);
+	if (w->worker)
+		ucp_worker_destroy(w->worker);
+	memset(w, 0, sizeof(*w));
+	w->efd = -1;
+}
+
+static int worker_init(ucp_context_h ctx, ucx_worker *w, char *err)
+{
+	memset(w, 0, sizeof(*w));
+	w->efd = -1;
+	ucp_worker_params_t wp;
+	memset(&wp, 0, sizeof(wp));
+	wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+	wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+	ucs_status_t st = ucp_worker_create(ctx, &wp, &w->worker);
+	if (st != UCS_OK) {
+		w->worker = NULL;
+		return err_set(err, ERR_IO, "UCX worker: %s", ucs_status_string(st));
+	}
+	if ((st = ucp_worker_get_efd(w->worker, &w->efd)) != UCS_OK ||
+	    (st = ucp_worker_get_address(w->worker, &w->addr, &w->addr_len)) != UCS_OK) {
+		w->addr = NULL;
+		worker_fini(w);
+		return err_set(err, ERR_IO, "UCX worker: %s", ucs_status_string(st));
+	}
+	return 0;
+}
+
 ucx *ucx_create(const char *ib_devices, char err[ERR_LEN])
 {
 	char devs[512] = "";
@@ -153,7 +213,7 @@ ucx *ucx_create(const char *ib_devices, char err[ERR_LEN])
 		err_set(err, ERR_NOMEM, "out of memory");
 		return NULL;
 	}
-	u->efd = -1;
+	u->main.efd = -1;
 	ucp_config_t *cfg;
 	if (ucp_config_read(NULL, NULL, &cfg) != UCS_OK) {
 		err_set(err, ERR_IO, "UCX: cannot read its configuration");
@@ -168,22 +228,10 @@ ucx *ucx_create(const char *ib_devices, char err[ERR_LEN])
 		err_set(err, ERR_IO, "UCX init: %s", ucs_status_string(st));
 		goto fail;
 	}
-	ucp_worker_params_t wp;
-	memset(&wp, 0, sizeof(wp));
-	wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-	wp.thread_mode = UCS_THREAD_MODE_SINGLE;
-	if ((st = ucp_worker_create(u->ctx, &wp, &u->worker)) != UCS_OK) {
-		u->worker = NULL;
-		err_set(err, ERR_IO, "UCX worker: %s", ucs_status_string(st));
+	if (worker_init(u->ctx, &u->main, err) < 0)
 		goto fail;
-	}
-	if ((st = ucp_worker_get_efd(u->worker, &u->efd)) != UCS_OK ||
-	    (st = ucp_worker_get_address(u->worker, &u->addr, &u->addr_len)) != UCS_OK) {
-		err_set(err, ERR_IO, "UCX worker: %s", ucs_status_string(st));
-		goto fail;
-	}
 	char res[700];
-	resources(u->ctx, res, sizeof(res));
+	resources(u->ctx, res, sizeof(res), &u->fences);
 	const char *tls = getenv("UCX_TLS"), *nd = getenv("UCX_NET_DEVICES");
 	snprintf(u->desc, sizeof(u->desc), "UCX %s, UCX_TLS=%s, NET_DEVICES=%s, resources: %s", ucp_get_version_string(),
 		 tls ? tls : "(all)", devs[0] ? devs : nd ? nd : "(all)", res);
@@ -197,26 +245,59 @@ void ucx_destroy(ucx *u)
 {
 	if (!u)
 		return;
-	if (u->addr)
-		ucp_worker_release_address(u->worker, u->addr);
-	if (u->worker)
-		ucp_worker_destroy(u->worker);
+	worker_fini(&u->main);
 	if (u->ctx)
 		ucp_cleanup(u->ctx);
 	alloc_free(u);
 }
 
 const char *ucx_describe(ucx *u) { return u->desc; }
-int ucx_event_fd(ucx *u) { return u->efd; }
+int ucx_event_fd(ucx *u) { return u->main.efd; }
+bool ucx_fences(ucx *u) { return u->fences; }
+
+void ucx_worker_progress(ucx_worker *w)
+{
+	for (int i = 0; i < 1000; i++) {
+		while (ucp_worker_progress(w->worker))
+			;
+		if (ucp_worker_arm(w->worker) != UCS_ERR_BUSY)
+			return;
+	}
+}
 
 void ucx_progress(ucx *u)
 {
-	for (int i = 0; i < 1000; i++) {
-		while (ucp_worker_progress(u->worker))
-			;
-		if (ucp_worker_arm(u->worker) != UCS_ERR_BUSY)
-			return;
+	ucx_worker_progress(&u->main);
+}
+
+ucx_worker *ucx_worker_open(ucx *u, char err[ERR_LEN])
+{
+	ucx_worker *w = alloc_zeroed(1, sizeof(*w));
+	if (!w) {
+		err_set(err, ERR_NOMEM, "out of memory");
+		return NULL;
 	}
+	if (worker_init(u->ctx, w, err) < 0) {
+		alloc_free(w);
+		return NULL;
+	}
+	return w;
+}
+
+void ucx_worker_close(ucx_worker *w)
+{
+	if (!w)
+		return;
+	worker_fini(w);
+	alloc_free(w);
+}
+
+int ucx_worker_fd(ucx_worker *w) { return w->efd; }
+
+void ucx_worker_blob(ucx_worker *w, const void **blob, size_t *len)
+{
+	*blob = w->addr;
+	*len = w->addr_len;
 }
 
 static ucx_mem *map(ucx *u, void *addr, size_t bytes, bool allocate, char *err)
@@ -276,8 +357,7 @@ void ucx_mem_release(ucx *u, ucx_mem *m)
 
 int ucx_worker_address(ucx *u, const void **blob, size_t *len)
 {
-	*blob = u->addr;
-	*len = u->addr_len;
+	ucx_worker_blob(&u->main, blob, len);
 	return 0;
 }
 
@@ -310,6 +390,10 @@ ucx_peer *ucx_connect(ucx *u, const void *addr, size_t addr_len, const void *rke
 	p->u = u;
 	p->base = remote_base;
 	p->bytes = remote_bytes;
+	if (worker_init(u->ctx, &p->w, err) < 0) {
+		alloc_free(p);
+		return NULL;
+	}
 	ucp_ep_params_t ep;
 	memset(&ep, 0, sizeof(ep));
 	ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
@@ -318,16 +402,17 @@ ucx_peer *ucx_connect(ucx *u, const void *addr, size_t addr_len, const void *rke
 	ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
 	ep.err_handler.cb = ep_error;
 	ep.err_handler.arg = p;
-	ucs_status_t st = ucp_ep_create(u->worker, &ep, &p->ep);
+	ucs_status_t st = ucp_ep_create(p->w.worker, &ep, &p->ep);
 	if (st != UCS_OK) {
 		/* shared-memory transports cannot detect a dead peer; the control
 		   connection's heartbeats do that job, so go without */
 		ep.field_mask &= ~(uint64_t)(UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER);
-		st = ucp_ep_create(u->worker, &ep, &p->ep);
+		st = ucp_ep_create(p->w.worker, &ep, &p->ep);
 		if (st == UCS_OK)
 			LOGI("ucx", "endpoint without peer-failure handling (the transports cannot provide it)");
 	}
 	if (st != UCS_OK) {
+		worker_fini(&p->w);
 		alloc_free(p);
 		err_set(err, ERR_IO, "UCX connect: %s", ucs_status_string(st));
 		return NULL;
@@ -355,12 +440,16 @@ void ucx_peer_close(ucx_peer *p)
 		ucs_status_ptr_t r = ucp_ep_close_nbx(p->ep, &rp);
 		if (UCS_PTR_IS_PTR(r)) {
 			for (int i = 0; i < 100000 && ucp_request_check_status(r) == UCS_INPROGRESS; i++)
-				ucp_worker_progress(p->u->worker);
+				ucp_worker_progress(p->w.worker);
 			ucp_request_free(r);
 		}
 	}
+	worker_fini(&p->w);
 	alloc_free(p);
 }
+
+int ucx_peer_fd(ucx_peer *p) { return p->w.efd; }
+void ucx_peer_progress(ucx_peer *p) { ucx_worker_progress(&p->w); }
 
 bool ucx_peer_failed(const ucx_peer *p)
 {
@@ -424,8 +513,41 @@ int ucx_flush(ucx_peer *p, void (*done)(void *arg, int status), void *arg)
 #else /* no UCX at build time */
 
 struct ucx { int unused; };
+struct ucx_worker { int unused; };
 
 bool ucx_available(void) { return false; }
+
+static void worker_fini(ucx_worker *w)
+{
+	if (w->addr)
+		ucp_worker_release_address(w->worker, w->addr);
+	if (w->worker)
+		ucp_worker_destroy(w->worker);
+	memset(w, 0, sizeof(*w));
+	w->efd = -1;
+}
+
+static int worker_init(ucp_context_h ctx, ucx_worker *w, char *err)
+{
+	memset(w, 0, sizeof(*w));
+	w->efd = -1;
+	ucp_worker_params_t wp;
+	memset(&wp, 0, sizeof(wp));
+	wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+	wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+	ucs_status_t st = ucp_worker_create(ctx, &wp, &w->worker);
+	if (st != UCS_OK) {
+		w->worker = NULL;
+		return err_set(err, ERR_IO, "UCX worker: %s", ucs_status_string(st));
+	}
+	if ((st = ucp_worker_get_efd(w->worker, &w->efd)) != UCS_OK ||
+	    (st = ucp_worker_get_address(w->worker, &w->addr, &w->addr_len)) != UCS_OK) {
+		w->addr = NULL;
+		worker_fini(w);
+		return err_set(err, ERR_IO, "UCX worker: %s", ucs_status_string(st));
+	}
+	return 0;
+}
 
 ucx *ucx_create(const char *ib_devices, char err[ERR_LEN])
 {
@@ -438,6 +560,17 @@ void ucx_destroy(ucx *u) { (void)u; }
 const char *ucx_describe(ucx *u) { (void)u; return "UCX unavailable"; }
 int ucx_event_fd(ucx *u) { (void)u; return -1; }
 void ucx_progress(ucx *u) { (void)u; }
+bool ucx_fences(ucx *u) { (void)u; return false; }
+ucx_worker *ucx_worker_open(ucx *u, char err[ERR_LEN])
+{
+	(void)u;
+	err_set(err, ERR_UNSUPPORTED, "built without UCX");
+	return NULL;
+}
+void ucx_worker_close(ucx_worker *w) { (void)w; }
+int ucx_worker_fd(ucx_worker *w) { (void)w; return -1; }
+void ucx_worker_progress(ucx_worker *w) { (void)w; }
+void ucx_worker_blob(ucx_worker *w, const void **blob, size_t *len) { (void)w; *blob = NULL; *len = 0; }
 void *ucx_alloc(ucx *u, size_t bytes, ucx_mem **out, char err[ERR_LEN])
 {
 	(void)u; (void)bytes; *out = NULL;
@@ -460,6 +593,8 @@ ucx_peer *ucx_connect(ucx *u, const void *addr, size_t addr_len, const void *rke
 	return NULL;
 }
 void ucx_peer_close(ucx_peer *p) { (void)p; }
+int ucx_peer_fd(ucx_peer *p) { (void)p; return -1; }
+void ucx_peer_progress(ucx_peer *p) { (void)p; }
 bool ucx_peer_failed(const ucx_peer *p) { (void)p; return true; }
 int ucx_put(ucx_peer *p, const void *src, ucx_mem *m, uint64_t off, size_t len)
 {

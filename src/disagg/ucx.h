@@ -28,6 +28,7 @@
 typedef struct ucx ucx;
 typedef struct ucx_mem ucx_mem;
 typedef struct ucx_peer ucx_peer;
+typedef struct ucx_worker ucx_worker;
 
 bool ucx_available(void);
 
@@ -45,6 +46,24 @@ int ucx_event_fd(ucx *u);
 /* Progress until idle; re-arm the event fd. */
 void ucx_progress(ucx *u);
 
+/* A worker of its own for one peer (the decode opens one per prefill
+   connection and publishes its address there). Closing it closes every
+   connection UCX made for it, so a peer that is cut off, then heard from
+   again, finds nothing to write through (and UCX 1.13 never answers its
+   late emulated puts on an endpoint it found broken, which aborts the
+   process). Progress it like the main worker. */
+ucx_worker *ucx_worker_open(ucx *u, char err[ERR_LEN]);
+void ucx_worker_close(ucx_worker *w); /* NULL is fine */
+int ucx_worker_fd(ucx_worker *w);
+void ucx_worker_progress(ucx_worker *w);
+void ucx_worker_blob(ucx_worker *w, const void **blob, size_t *len);
+/* True when every transport of the context is a network one (tcp, RDMA
+   verbs): a peer writes into our memory only through connections of the
+   worker it was given, so closing that worker fences it. False with any
+   shared-memory transport (cma, posix, sysv, knem, xpmem): a process on
+   this host may keep writing until it exits. */
+bool ucx_fences(ucx *u);
+
 /* Allocate (decode pool) or register (prefill pool, the put source) memory. */
 void *ucx_alloc(ucx *u, size_t bytes, ucx_mem **out, char err[ERR_LEN]);
 int ucx_register(ucx *u, void *addr, size_t bytes, ucx_mem **out, char err[ERR_LEN]);
@@ -54,11 +73,16 @@ void ucx_mem_release(ucx *u, ucx_mem *m); /* unmaps (and frees what ucx_alloc ga
 int ucx_worker_address(ucx *u, const void **blob, size_t *len);
 int ucx_rkey(ucx *u, ucx_mem *m, const void **blob, size_t *len);
 
-/* Prefill side: an endpoint to a decode's worker with its pool's rkey.
-   NULL with err on failure. */
+/* Prefill side: an endpoint to a decode's worker with its pool's rkey, on
+   a worker of its own (put ucx_peer_fd in the poll set, ucx_peer_progress
+   after each poll). NULL with err on failure. */
 ucx_peer *ucx_connect(ucx *u, const void *addr, size_t addr_len, const void *rkey, size_t rkey_len,
 		      uint64_t remote_base, uint64_t remote_bytes, char err[ERR_LEN]);
-void ucx_peer_close(ucx_peer *p); /* NULL is fine */
+/* Fails what is pending (flush callbacks run with errors), then closes the
+   endpoint's worker and so every connection UCX made for it. NULL is fine. */
+void ucx_peer_close(ucx_peer *p);
+int ucx_peer_fd(ucx_peer *p);
+void ucx_peer_progress(ucx_peer *p);
 /* True once the endpoint reported an error (peer gone). */
 bool ucx_peer_failed(const ucx_peer *p);
 

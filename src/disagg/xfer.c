@@ -47,8 +47,13 @@
  * prefill logs its address and answers REJECT, the decode fails the
  * connection's rooms with "disaggregation secret rejected by HOST:PORT".
  *
- * Left out: UCX/RDMA (its own backend, later), TLS, more than one data
- * connection per peer pair.
+ * ucx: each connection has UCX objects of its own - the decode a worker
+ * whose address it sends in UCX_INFO, the prefill an endpoint on a worker of
+ * its own (ucx.h) - and conn_kill closes them. Where UCX has only network
+ * transports (ucx_fences), nothing of that prefill's reaches our pool after
+ * that, so its rooms' pages are freed at once instead of quarantined.
+ *
+ * Left out: TLS, more than one data connection per peer pair.
  */
 #include "disagg/xfer.h"
 
@@ -154,6 +159,9 @@ typedef struct conn {
 	pid_t peer_pid;
 	/* prefill side, ucx: the endpoint into the decode's pool */
 	ucx_peer *up;
+	/* decode side, ucx: this prefill's own worker (closed with the
+	   connection, which cuts the prefill off from our pool: ucx_fences) */
+	ucx_worker *uw;
 	bool peer_closed; /* EOF or reset from the peer: it has stopped (or died) */
 	/* cluster secret (CS_AUTH): our challenge, and how far the exchange is */
 	uint8_t nonce[AUTH_NONCE];
@@ -573,9 +581,17 @@ static void conn_kill(xfer *x, conn *c, const char *why)
 		LOGW(TAG, "connection %s closed: %s", c->peer, why);
 	c->st = CS_DEAD;
 	if (c->up) {
+		/* the decode must see this connection end no later than UCX's
+		   (see the end of the thread's loop) */
+		shutdown(c->fd, SHUT_RDWR);
 		ucx_peer_close(c->up); /* pending flushes complete (with errors) in here */
 		c->up = NULL;
 	}
+	/* with network transports only, nothing of this prefill's reaches our
+	   pool once its worker is gone: its rooms' pages are free at once */
+	bool fenced = c->uw && ucx_fences(x->ux);
+	ucx_worker_close(c->uw);
+	c->uw = NULL;
 	for (int i = x->n_rooms - 1; i >= 0; i--) {
 		room *r = x->rooms[i];
 		if (r->c != c)
@@ -585,7 +601,8 @@ static void conn_kill(xfer *x, conn *c, const char *why)
 		/* The peer closing the connection means it writes no more (a prefill
 		   stops writing for a connection before closing it, and a dead one
 		   cannot); when we give up on a silent peer it may still be writing. */
-		if (x->cfg.role == XFER_DECODE && one_sided(x) && !c->peer_closed && r->dest_sent && c->peer_pid > 0 &&
+		if (x->cfg.role == XFER_DECODE && one_sided(x) && !fenced && !c->peer_closed && r->dest_sent &&
+		    c->peer_pid > 0 &&
 		    !(kill(c->peer_pid, 0) < 0 && errno == ESRCH)) {
 			/* the prefill process may still write into these pages: hold them */
 			r->c = NULL;
@@ -627,6 +644,7 @@ static void conn_free(xfer *x, conn *c)
 		munmap(c->map, c->map_bytes);
 	if (c->up)
 		ucx_peer_close(c->up);
+	ucx_worker_close(c->uw);
 	alloc_free(c->pay);
 	alloc_free(c);
 	pthread_mutex_lock(&x->mu);
@@ -821,7 +839,12 @@ static void send_hello(xfer *x, conn *c)
 		u.base = (uint64_t)(uintptr_t)kvcache_base(x->kc);
 		u.geo = (kvw_shm_attach){ .pool_bytes = kvcache_bytes(x->kc), .layer_bytes = x->layer_bytes,
 					  .page_bytes = x->page_bytes, .n_pages = (uint32_t)kvcache_n_pages(x->kc) };
-		ucx_worker_address(x->ux, &blob, &len);
+		char err[ERR_LEN];
+		if (!c->uw && !(c->uw = ucx_worker_open(x->ux, err))) {
+			conn_kill(x, c, err);
+			return;
+		}
+		ucx_worker_blob(c->uw, &blob, &len);
 		u.addr = blob;
 		u.addr_len = (uint32_t)len;
 		ucx_rkey(x->ux, x->pool_mem, &blob, &len);
@@ -2004,7 +2027,7 @@ static void *thread_main(void *arg)
 		pthread_mutex_unlock(&x->mu);
 		if (stop)
 			break;
-		int need = 4 + x->n_conns;
+		int need = 4 + 2 * x->n_conns;
 		if (need > cap) {
 			struct pollfd *np = alloc_resize_array(pfd, (size_t)need * 2, sizeof(struct pollfd));
 			if (np) {
@@ -2025,18 +2048,23 @@ static void *thread_main(void *arg)
 				ev |= POLLOUT;
 			pfd[n++] = (struct pollfd){ .fd = c->fd, .events = ev };
 		}
+		int n_conn_fds = n - base;
+		for (int i = 0; i < x->n_conns && n < cap; i++) {
+			conn *c = x->conns[i];
+			if (c->uw || c->up)
+				pfd[n++] = (struct pollfd){ .fd = c->uw ? ucx_worker_fd(c->uw) : ucx_peer_fd(c->up),
+							    .events = POLLIN };
+		}
 		int rc = poll(pfd, (nfds_t)n, x->ucx_inflight ? 1 : 100);
 		if (rc < 0 && errno != EINTR)
 			break;
-		if (x->ux)
-			ucx_progress(x->ux);
 		if (pfd[0].revents)
 			drain_cmds(x);
 		if (pfd[1].revents && x->listen_fd >= 0)
 			accept_all(x, x->listen_fd, false);
 		if (pfd[2].revents && x->unix_fd >= 0)
 			accept_all(x, x->unix_fd, true);
-		int n_polled = n - base;
+		int n_polled = n_conn_fds;
 		for (int i = 0; i < n_polled && i < x->n_conns; i++) {
 			conn *c = x->conns[i];
 			short re = pfd[base + i].revents;
@@ -2081,6 +2109,22 @@ static void *thread_main(void *arg)
 		if (now - x->last_tick >= 0.1) {
 			x->last_tick = now;
 			tick(x);
+		}
+		/* UCX last: a connection found closed or silent above has had its
+		   worker closed before UCX reads anything more through it (a decode
+		   resumed after SIGSTOP holds the prefill's close and its unread
+		   puts at once; UCX 1.13 aborts on an emulated put whose answer
+		   goes to a broken endpoint). Flush callbacks may kill
+		   connections, never free them. */
+		if (x->ux) {
+			ucx_progress(x->ux);
+			for (int i = 0; i < x->n_conns; i++) {
+				conn *c = x->conns[i];
+				if (c->uw)
+					ucx_worker_progress(c->uw);
+				if (c->up)
+					ucx_peer_progress(c->up);
+			}
 		}
 	}
 	alloc_free(pfd);

@@ -885,9 +885,10 @@ def main_model(backends):
 def case_partition(u, p, d, backend):
     """The link between the prefill's and the decode's namespaces dropped
     mid-transfer (the client still reaches both): both halves end with an
-    error within the heartbeat window; after the link is back the pages
-    return (ucx: the decode holds the room's pages until the prefill process
-    is gone, as for a stopped prefill: checked, then the prefill restarts)
+    error within the heartbeat window; after the link is back both
+    processes live, the pages return without a restart (ucx, on UCX's tcp:
+    closing the connection's UCX worker cuts the prefill off from the
+    decode's pool, so the decode need not hold them until the prefill exits)
     and the pair serves again."""
     link = ["ip", "-n", os.environ["NS_P"], "link", "set", os.environ["KV_DEV"]]
     pd = start_pd(u, p, d, "during", backend == "tcp")
@@ -905,18 +906,13 @@ def case_partition(u, p, d, backend):
         el = pd.a[k].t_end - t0
         if o[k] != "error" or el > DEAD + 2:
             fail("%s half: want an error within %.1f s of the partition, got %s after %.2f s" % (k, DEAD + 2, o[k], el))
-    note = ""
-    if backend == "ucx":
-        pages_back([p], "after the partition healed")
-        if not d.alive():
-            fail("the decode died after the partition healed")
-        ok, st = at_baseline(d)
-        if not ok:
-            restart(p)
-            note = "; decode held %d pages until the prefill restarted" % st["pages_used"]
     pages_back([p, d], "after the partition healed")
+    time.sleep(0.5)  # late retransmissions arrive; the processes must survive them
+    for x in (p, d):
+        if not x.alive():
+            fail("%s died after the partition healed" % x.name)
     serve_once(u, p, d, "after the partition healed")
-    return "decode: %s (%.2f s); prefill: %s%s" % (pd.a["d"].message(), pd.a["d"].t_end - t0, pd.a["p"].message(), note)
+    return "decode: %s (%.2f s); prefill: %s" % (pd.a["d"].message(), pd.a["d"].t_end - t0, pd.a["p"].message())
 
 
 def main_partition(backends):
