@@ -150,6 +150,8 @@ typedef struct {
 	uint64_t responses[R_COUNT][N_CODES + 3]; /* + 502, 503, 504 */
 	uint64_t retries, client_gone, no_worker, upstream_errors, cache_hits, cache_misses, lb_events, timeouts;
 	uint64_t rejected_body, rejected_header; /* over --max-payload-size / --max-header-size */
+	uint64_t rejected_read;      /* a body over twice the limit: libevent's own 413 */
+	uint64_t rejected_malformed; /* libevent's own 400: bad HTTP, headers over twice the limit */
 	histo ttft, e2e;
 } rmetrics;
 
@@ -253,6 +255,7 @@ struct router {
 	struct event_base *base;
 	struct evdns_base *dns;
 	struct evhttp *http, *prom;
+	evinit_cutoff cutoff; /* libevent's own 413s, counted */
 	struct evhttp_bound_socket *sock;
 	struct event *tick_ev, *stop_ev, *sigint, *sigterm;
 	struct evbuffer *scratch;
@@ -2133,6 +2136,10 @@ static void handle_metrics(router *r, struct evhttp_request *req)
 			    (unsigned long long)r->m.rejected_body);
 	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"header_size\"} %llu\n",
 			    (unsigned long long)r->m.rejected_header);
+	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"read_limit\"} %llu\n",
+			    (unsigned long long)r->m.rejected_read);
+	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"malformed_http\"} %llu\n",
+			    (unsigned long long)r->m.rejected_malformed);
 	metric_line(b, "pdserve:router_timeouts_total", "counter", "Requests past --request-timeout-secs.");
 	evbuffer_add_printf(b, "pdserve:router_timeouts_total %llu\n", (unsigned long long)r->m.timeouts);
 	metric_line(b, "sgl_router_cache_hits_total", "counter", "cache_aware picks above the cache threshold.");
@@ -2245,6 +2252,21 @@ static bool refuse_size(router *r, struct evhttp_request *req, route_id id)
 			    r->cfg.max_payload);
 	}
 	return true;
+}
+
+/* libevent refused a request while reading it and answered itself */
+static void on_cutoff(void *arg, int status)
+{
+	router *r = arg;
+	if (status == 413) {
+		r->m.rejected_read++;
+		LOGW("router", "413: a request body over twice --max-payload-size %zu, cut off while read",
+		     r->cfg.max_payload);
+	} else {
+		r->m.rejected_malformed++;
+		LOGW("router", "400: malformed HTTP, or headers over twice --max-header-size %zu (refused by libevent)",
+		     r->cfg.max_header_size);
+	}
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -2447,6 +2469,8 @@ router *router_create(const router_config *cfg, char err[ERR_LEN])
 	evhttp_set_allowed_methods(r->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
 						    EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
 	evhttp_set_flags(r->http, EVHTTP_SERVER_LINGERING_CLOSE);
+	r->cutoff = (evinit_cutoff){ .fn = on_cutoff, .arg = r };
+	evinit_watch_cutoffs(r->http, &r->cutoff);
 	evhttp_set_gencb(r->http, on_request, r);
 	if (!(r->sock = evhttp_bind_socket_with_handle(r->http, r->host, (ev_uint16_t)cfg->port))) {
 		err_set(err, ERR_IO, "cannot listen on %s:%d (in use, or not an address of this host)", r->host, cfg->port);

@@ -50,8 +50,10 @@
  * log line and pdserve:requests_rejected_total{reason}. Body and header
  * sizes are checked here, on the whole request; libevent itself is given
  * twice those limits, so a request far beyond them is cut off while it is
- * read (libevent's own HTML 413 / 400, not counted) and memory stays
- * bounded. A refused body's connection is closed after the answer.
+ * read and memory stays bounded; libevent answers that one itself (an HTML
+ * 413 for a body, 400 for headers, as for malformed HTTP), which we see on
+ * its way out (evinit_watch_cutoffs), log and count as reason "read_limit"
+ * / "malformed_http". A refused body's connection is closed after the answer.
  * --idle-timeout-secs is libevent's connection timeout: a kept-alive
  * connection with no request, or a client not reading its reply, is closed
  * after that long (a request waiting for the engine is not idle: libevent
@@ -123,6 +125,7 @@ struct http_server {
 	http_config cfg;
 	struct event_base *base;
 	struct evhttp *http;
+	evinit_cutoff cutoff; /* libevent's own 413s, counted */
 	struct evhttp_bound_socket *sock;
 	struct event *wake, *stop_ev, *sigint, *sigterm;
 	struct evbuffer *scratch;
@@ -1272,6 +1275,20 @@ static bool refuse_size(http_server *s, struct evhttp_request *req, const char *
 	return true;
 }
 
+/* libevent refused a request while reading it and answered itself */
+static void on_cutoff(void *arg, int status)
+{
+	http_server *s = arg;
+	if (status == 413)
+		LOGW("http", "413: a request body over twice --max-body-size %zu, cut off while read",
+		     s->cfg.max_body_size);
+	else
+		LOGW("http", "400: malformed HTTP, or headers over twice --max-header-size %zu (refused by libevent)",
+		     s->cfg.max_header_size);
+	metrics_rejected(s->met, status == 413 ? "read_limit" : "malformed_http");
+	metrics_http(s->met, "other", status);
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
 	http_server *s = arg;
@@ -1408,6 +1425,8 @@ http_server *http_server_create(const http_config *cfg, char err[ERR_LEN])
 	evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
 						    EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
 	evhttp_set_flags(s->http, EVHTTP_SERVER_LINGERING_CLOSE);
+	s->cutoff = (evinit_cutoff){ .fn = on_cutoff, .arg = s };
+	evinit_watch_cutoffs(s->http, &s->cutoff);
 	evhttp_set_gencb(s->http, on_request, s);
 	if (!(s->sock = evhttp_bind_socket_with_handle(s->http, s->cfg.host, (ev_uint16_t)cfg->port))) {
 		err_set(err, ERR_IO, "cannot listen on %s:%d (in use, or not an address of this host)", s->cfg.host,

@@ -49,7 +49,10 @@ static const char *const ROUTES[] = {
 
 /* limits a request can exceed (openai_error.limit); each always rendered */
 static const char *const REJECT_REASONS[] = {
-	"body_size", "header_size", "prompt_tokens", "max_tokens", "n", "stop", "queue_full", "other",
+	"body_size", "header_size", "prompt_tokens", "max_tokens", "n", "stop", "queue_full",
+	"read_limit",     /* cut off by libevent while read: a body over twice the limit */
+	"malformed_http", /* refused by libevent: bad HTTP, or headers over twice the limit */
+	"other",
 };
 #define N_REJECT ((int)(sizeof(REJECT_REASONS) / sizeof(REJECT_REASONS[0])))
 

@@ -3,7 +3,10 @@
 # each limit exceeded gets its status (413 body, 431 headers, 400 prompt /
 # max_tokens / n / stop, 503 + Retry-After queue full) with an OpenAI error
 # object, one log line, and pdserve:requests_rejected_total{reason} going up
-# by exactly one per refusal; the server keeps serving after each. Also: an
+# by exactly one per refusal; the server keeps serving after each. Beyond
+# twice the body limit (plain or chunked) libevent cuts the request off and
+# answers 413 itself: counted as reason "read_limit"; headers beyond twice
+# theirs and malformed HTTP get libevent's 400: "malformed_http". Also: an
 # idle connection is closed after --idle-timeout-secs while a request that
 # waits longer than that for its answer is not, and the defaults (no limit
 # flags) accept what the small limits refuse. A router's --max-payload-size /
@@ -133,6 +136,46 @@ expect("body_size", 413, "/v1/completions", b'{"prompt": "' + b"a" * 6000 + b'"}
 expect("header_size", 431, "/v1/completions", {"prompt": "x", "max_tokens": 1}, {"X-Big": "b" * 3000}, port=RT,
        words="--max-header-size")
 
+# beyond twice a size limit libevent cuts the request off while reading it
+# and answers 413 itself (its HTML page); still logged and counted
+def expect_cut(port, body, headers=None, chunked=False, status=413, reason="read_limit"):
+    before = rejected(port)
+    head = "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    for k, v in (headers or {}).items():
+        head += f"{k}: {v}\r\n"
+    if chunked:
+        msg = (head + "Transfer-Encoding: chunked\r\n\r\n").encode()
+        for i in range(0, len(body), 1000):
+            msg += b"%x\r\n" % len(body[i:i + 1000]) + body[i:i + 1000] + b"\r\n"
+        msg += b"0\r\n\r\n"
+    else:
+        msg = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        s.sendall(msg)
+        first = s.recv(64)
+    except (BrokenPipeError, ConnectionResetError):
+        # a chunked body has no length to drain: libevent answers and
+        # closes, and the unread rest may reset the connection first
+        first = b"HTTP/1.1 %d (reset)" % status if chunked else b"reset"
+    s.close()
+    if not first.startswith(b"HTTP/1.1 %d " % status):
+        fail(f"a request over twice a limit (chunked={chunked}): {first!r}, want a {status}")
+    after = rejected(port)
+    for k in after:
+        want = before.get(k, 0) + (1 if k == reason else 0)
+        if after[k] != want:
+            fail(f"{reason} (chunked={chunked}, port {port}): counter {k} went {before.get(k)} -> {after[k]}, want {want}")
+    good(port)
+
+huge = b'{"prompt": "' + b"a" * 20000 + b'"}'
+expect_cut(L, huge)
+expect_cut(L, huge, chunked=True)
+expect_cut(L, b'{"prompt": "x"}', {"X-Big": "b" * 5000}, status=400, reason="malformed_http")
+expect_cut(RT, huge)
+expect_cut(RT, b'{"prompt": "x"}', {"X-Big": "b" * 5000}, status=400, reason="malformed_http")
+expect_cut(L, b"", {"Content-Length": "zz"}, status=400, reason="malformed_http")
+
 # at the limits: accepted
 st, _, out = call(L, "/v1/completions", {"prompt": "hi", "max_tokens": 50, "n": 2, "stop": ["x", "y"]})
 if st != 200:
@@ -194,7 +237,7 @@ if True:
                                        "bootstrap_port": int(P_BOOT), "bootstrap_room": 7})
     if st < 400 or time.time() - t0 < 2 or b"bootstrap timeout" not in out:
         fail(f"long wait under --idle-timeout-secs 1: {st} after {time.time() - t0:.1f} s: {out[:200]}")
-print(f"ok: 7 limits refused with status + counter (2 on the router), {len(n503)}/24 of a burst got 503 + Retry-After, "
+print(f"ok: 7 limits refused with status + counter (2 on the router), 4 cut off by libevent counted (1 chunked), {len(n503)}/24 of a burst got 503 + Retry-After, "
       "idle connections closed, long waits kept")
 EOF
 python3 "$T/limits.py" "$L_PORT" "$DEF_PORT" "$D_PORT" "$P_BOOT" "$RT_PORT" || fail "limits checks"
