@@ -201,6 +201,7 @@ struct room {
 	bool dest_sent;
 	double t_reserved;
 	pid_t quarantine_pid; /* shm: wait for this process to be gone before freeing */
+	double t_fence_ask;   /* quarantined: when we last asked that process again */
 	bool pages_kept;      /* quarantined: the request has its answer; the page references are ours */
 };
 
@@ -569,6 +570,7 @@ static conn *conn_new(xfer *x, int fd, bool is_unix, bool outgoing, const char *
 }
 
 static void fail_room(xfer *x, room *r, const char *why);
+static void release_quarantined(xfer *x, room *r, const char *why);
 
 /* Close c: fail or quarantine its rooms, give back exported pages. */
 static void conn_kill(xfer *x, conn *c, const char *why)
@@ -1499,7 +1501,10 @@ static void on_frame(xfer *x, conn *c, const kvw_hdr *h, const uint8_t *p, size_
 		snprintf(why, sizeof(why), "%s %s failed the room: %.*s", prefill ? "decode" : "prefill", c->peer,
 			 (int)(len > 400 ? 400 : len), (const char *)p);
 		if (prefill) {
-			if (r && r->c == c) {
+			if (r && r->c != c)
+				return; /* a held room asked about on a new connection while
+					   the old one still writes it: no ACK yet (asked again) */
+			if (r) {
 				r->have_dest = false; /* no ROOM_FAIL back */
 				fail_room(x, r, why);
 			}
@@ -1536,6 +1541,10 @@ static void on_frame(xfer *x, conn *c, const kvw_hdr *h, const uint8_t *p, size_
 		if (r && r->c == c && r->st == RS_CANCELLING) {
 			engine_import_fail(x->eng, r->rid, "aborted");
 			room_free(x, r);
+		} else if (r && !r->c && r->quarantine_pid && r->quarantine_pid == c->peer_pid && !strcmp(r->key, c->key)) {
+			LOGI(TAG, "room %llu: prefill pid %d confirms it writes no more, its %d pages freed",
+			     (unsigned long long)r->room, (int)r->quarantine_pid, r->n_pages);
+			release_quarantined(x, r, "the prefill stopped writing");
 		}
 		return;
 	}
@@ -1882,6 +1891,18 @@ static void do_cmd(xfer *x, cmd *cm)
 
 /* ---------------------------------------------------------------- timers */
 
+/* A quarantined room (conn_kill) may be freed: nothing writes it any more. */
+static void release_quarantined(xfer *x, room *r, const char *why)
+{
+	r->quarantine_pid = 0;
+	if (r->pages_kept) { /* answered already: give the pages back */
+		engine_release_pages(x->eng, r->pages, r->n_pages);
+		room_free(x, r);
+	} else {
+		fail_room(x, r, why);
+	}
+}
+
 static void tick(xfer *x)
 {
 	double now = clock_now_s();
@@ -1909,14 +1930,19 @@ static void tick(xfer *x)
 		room *r = x->rooms[i];
 		if (r->quarantine_pid) {
 			if (kill(r->quarantine_pid, 0) < 0 && errno == ESRCH) {
-				r->quarantine_pid = 0;
-				if (r->pages_kept) { /* answered already: give the pages back */
-					LOGI(TAG, "room %llu: prefill pid gone, its %d pages freed", (unsigned long long)r->room,
-					     r->n_pages);
-					engine_release_pages(x->eng, r->pages, r->n_pages);
-					room_free(x, r);
-				} else {
-					fail_room(x, r, "prefill died during the transfer");
+				LOGI(TAG, "room %llu: prefill pid gone, its %d pages freed", (unsigned long long)r->room,
+				     r->n_pages);
+				release_quarantined(x, r, "prefill died during the transfer");
+			} else if (now - r->t_fence_ask >= hb) {
+				/* the same prefill process back on a new connection: it
+				   ACKs a ROOM_FAIL once nothing of its writes that room */
+				for (int k = 0; k < x->n_conns; k++) {
+					conn *c = x->conns[k];
+					if (c->st == CS_READY && c->peer_pid == r->quarantine_pid && !strcmp(c->key, r->key)) {
+						send_text(c, KVW_ROOM_FAIL, r->room, "held since its connection was lost");
+						r->t_fence_ask = now;
+						break;
+					}
 				}
 			}
 			continue;
