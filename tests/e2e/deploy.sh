@@ -317,8 +317,10 @@ if command -v dpkg >/dev/null && command -v readelf >/dev/null; then
 	n=0
 	for lib in $(readelf -d "$BIN" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
 		case "$lib" in libasan.* | libubsan.* | libstdc++.* | libgcc_s.*) continue ;; esac
-		path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
-		pkg=$( (dpkg -S "$path" || dpkg -S "$(readlink -f "$path")") 2>/dev/null | head -1 | cut -d: -f1)
+		# readers that take all their input: one quitting early would make the
+		# writer die of SIGPIPE, and pipefail + set -e end the script silently
+		path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ && !p { print $NF; p = 1 }')
+		pkg=$( (dpkg -S "$path" || dpkg -S "$(readlink -f "$path")") 2>/dev/null | sed -n '1s/:.*//p')
 		[ -n "$pkg" ] || fail "runtime: no package owns $lib ($path)"
 		[[ "$RUNTIME" == *" $pkg "* ]] || fail "runtime: $lib comes from $pkg, not in install-deps.sh --runtime"
 		n=$((n + 1))

@@ -172,6 +172,21 @@ def server(name, model=None, mode=None, backend="tcp", boot=None, delay=0, extra
     p = Proc(name, argv, port, env=env, prefix=prefix, host=host)
     p.boot = boot
     p.boot_host = host
+    for _ in range(4):
+        # a free port can be taken by a process of another test before we
+        # bind it: on a first start that failed to listen, take new ports
+        try:
+            return p.start()
+        except Fail:
+            if p.gen != 1 or p.alive() or "cannot listen" not in p.tail(40):
+                raise
+        p.gen = 0
+        new = free_port()
+        p.argv[p.argv.index("--port") + 1] = str(new)
+        p.port = new
+        if mode == "prefill":
+            p.boot = free_port()
+            p.argv[p.argv.index("--disaggregation-bootstrap-port") + 1] = str(p.boot)
     return p.start()
 
 
