@@ -178,7 +178,8 @@ def server(name, model=None, mode=None, backend="tcp", boot=None, delay=0, extra
         try:
             return p.start()
         except Fail:
-            if p.gen != 1 or p.alive() or "cannot listen" not in p.tail(40):
+            t = p.tail(40)
+            if p.gen != 1 or p.alive() or ("cannot listen" not in t and "Address already in use" not in t):
                 raise
         p.gen = 0
         new = free_port()
