@@ -1549,6 +1549,31 @@ INLINE __m512 tree16_ps(const __m512 v[16])
    the attention accepts (kern_attention CHECKs head_dim <= 512). */
 static const float zero_row[512] __attribute__((aligned(64)));
 
+/* acc[0 .. 16 nch) = acc * alpha + sum over j < np of p[j] v[j], for head
+   dimensions up to 128 (nch <= 8): the accumulators stay in registers and
+   the positions are the outer loop, so the nch chains are independent (the
+   position-inner order was one chain of np dependent FMAs per 16 lanes).
+   Each lane adds its terms in the same order (j = 0, 1, ...) either way, so
+   the results are bit for bit those of the plain loop. */
+INLINE void pv_acc8(float *acc, int nch, __m512 alpha, const float *p, const float *const *v, int np)
+{
+	__m512 o[8];
+#pragma GCC unroll 8
+	for (int c = 0; c < 8; c++)
+		o[c] = c < nch ? _mm512_mul_ps(_mm512_load_ps(acc + 16 * c), alpha) : _mm512_setzero_ps();
+	for (int j = 0; j < np; j++) {
+		const __m512 pj = _mm512_set1_ps(p[j]);
+#pragma GCC unroll 8
+		for (int c = 0; c < 8; c++)
+			if (c < nch)
+				o[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v[j] + 16 * c), o[c]);
+	}
+#pragma GCC unroll 8
+	for (int c = 0; c < 8; c++)
+		if (c < nch)
+			_mm512_store_ps(acc + 16 * c, o[c]);
+}
+
 /* Online softmax over chunks of 16 positions (KERN_ATTN_CHUNK). Per chunk the
    K and V rows of the kv head are converted once to f32 (zero-padded to a
    multiple of 16) for every row of the call (tokens x query heads), then
@@ -1657,12 +1682,15 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 			mr[i] = mnew;
 			_mm512_store_ps(pbuf, pv);
 			const __m512 va = _mm512_set1_ps(alpha);
-			for (int c = 0; c < nch; c++) {
-				__m512 o = _mm512_mul_ps(_mm512_load_ps(acc + i * hdp + 16 * c), va);
-				for (int j = 0; j < np; j++)
-					o = _mm512_fmadd_ps(_mm512_set1_ps(pbuf[j]), _mm512_loadu_ps(vp[j] + 16 * c), o);
-				_mm512_store_ps(acc + i * hdp + 16 * c, o);
-			}
+			if (nch <= 8)
+				pv_acc8(acc + i * hdp, nch, va, pbuf, vp, np);
+			else
+				for (int c = 0; c < nch; c++) {
+					__m512 o = _mm512_mul_ps(_mm512_load_ps(acc + i * hdp + 16 * c), va);
+					for (int j = 0; j < np; j++)
+						o = _mm512_fmadd_ps(_mm512_set1_ps(pbuf[j]), _mm512_loadu_ps(vp[j] + 16 * c), o);
+					_mm512_store_ps(acc + i * hdp + 16 * c, o);
+				}
 		}
 	}
 	for (int i = 0; i < R; i++) {
