@@ -1549,13 +1549,26 @@ INLINE __m512 tree16_ps(const __m512 v[16])
    the attention accepts (kern_attention CHECKs head_dim <= 512). */
 static const float zero_row[512] __attribute__((aligned(64)));
 
+/* Element 16c.. of a K/V row for the score and P.V loops. mode 0: an f32
+   row padded to a multiple of 16 (staged, or read in place); QTYPE_F16 /
+   QTYPE_BF16: the pool's own row, converted here (m masks a short last
+   chunk). The converted values are those staging would store. */
+INLINE __m512 kv_at(const void *row, int c, __mmask16 m, const int mode)
+{
+	if (mode == 0)
+		return _mm512_loadu_ps((const float *)row + 16 * c);
+	__m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + 16 * c);
+	return mode == QTYPE_F16 ? _mm512_cvtph_ps(h) : bf16_to_f32(h);
+}
+
 /* acc[0 .. 16 nch) = acc * alpha + sum over j < np of p[j] v[j], for head
    dimensions up to 128 (nch <= 8): the accumulators stay in registers and
    the positions are the outer loop, so the nch chains are independent (the
    position-inner order was one chain of np dependent FMAs per 16 lanes).
    Each lane adds its terms in the same order (j = 0, 1, ...) either way, so
    the results are bit for bit those of the plain loop. */
-INLINE void pv_acc8(float *acc, int nch, __m512 alpha, const float *p, const float *const *v, int np)
+INLINE void pv_acc8(float *acc, int nch, __mmask16 lastm, __m512 alpha, const float *p, const void *const *v,
+		    int np, const int mode)
 {
 	__m512 o[8];
 #pragma GCC unroll 8
@@ -1566,12 +1579,50 @@ INLINE void pv_acc8(float *acc, int nch, __m512 alpha, const float *p, const flo
 #pragma GCC unroll 8
 		for (int c = 0; c < 8; c++)
 			if (c < nch)
-				o[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v[j] + 16 * c), o[c]);
+				o[c] = _mm512_fmadd_ps(pj, kv_at(v[j], c, c == nch - 1 ? lastm : 0xffff, mode), o[c]);
 	}
 #pragma GCC unroll 8
 	for (int c = 0; c < 8; c++)
 		if (c < nch)
 			_mm512_store_ps(acc + 16 * c, o[c]);
+}
+
+/* One row's step over a chunk of up to 16 positions: scores by FMA and the
+   transpose-add tree, the online-softmax update, acc += p v. */
+INLINE void attn_row(const float *q, float *acc, float *mr, float *lr, float *pbuf, int nch, __mmask16 lastm,
+		     __m512 scale, const void *const kp[16], const void *const vp[16], int np, const int mode)
+{
+	const __mmask16 pm = tail16(np);
+	__m512 sacc[16];
+#pragma GCC unroll 16
+	for (int j = 0; j < 16; j++)
+		sacc[j] = _mm512_setzero_ps();
+	for (int c = 0; c < nch; c++) {
+		__m512 qv = _mm512_load_ps(q + 16 * c);
+		__mmask16 m = c == nch - 1 ? lastm : 0xffff;
+#pragma GCC unroll 16
+		for (int j = 0; j < 16; j++)
+			sacc[j] = _mm512_fmadd_ps(qv, kv_at(kp[j], c, m, mode), sacc[j]);
+	}
+	__m512 sv = _mm512_mul_ps(tree16_ps(sacc), scale);
+	float cmax = _mm512_mask_reduce_max_ps(pm, sv);
+	float mnew = cmax > *mr ? cmax : *mr;
+	float alpha = _mm512_cvtss_f32(exp512(_mm512_set1_ps(*mr - mnew)));
+	__m512 pv = _mm512_maskz_mov_ps(pm, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(mnew))));
+	*lr = *lr * alpha + _mm512_reduce_add_ps(pv);
+	*mr = mnew;
+	_mm512_store_ps(pbuf, pv);
+	const __m512 va = _mm512_set1_ps(alpha);
+	if (nch <= 8) {
+		pv_acc8(acc, nch, lastm, va, pbuf, vp, np, mode);
+		return;
+	}
+	for (int c = 0; c < nch; c++) {
+		__m512 o = _mm512_mul_ps(_mm512_load_ps(acc + 16 * c), va);
+		for (int j = 0; j < np; j++)
+			o = _mm512_fmadd_ps(_mm512_set1_ps(pbuf[j]), kv_at(vp[j], c, c == nch - 1 ? lastm : 0xffff, mode), o);
+		_mm512_store_ps(acc + 16 * c, o);
+	}
 }
 
 /* Online softmax over chunks of 16 positions (KERN_ATTN_CHUNK). Per chunk the
@@ -1592,6 +1643,9 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 	const int32_t *pages = a->pages[a->seq[t0]];
 	const int ps = a->page_size;
 	const int direct = dt == QTYPE_F32 && hd % 16 == 0; /* read f32 rows in place */
+	/* few rows (decode: one token, the heads of one kv group): converting
+	   each f16/bf16 K/V row where it is used costs less than staging it */
+	const int raw = dt != QTYPE_F32 && R <= 2;
 	/* work: qc [R][hdp], acc [R][hdp], m [R], l [R], kf [16][hdp], vf [16][hdp], p [16] */
 	float *qc = work, *acc = qc + (size_t)R * hdp, *mr = acc + (size_t)R * hdp, *lr = mr + R;
 	float *kf = qc + (size_t)KERN_ATTN_MAX_ROWS * (2 * hdp + 2), *vf = kf + 16 * (size_t)hdp;
@@ -1613,7 +1667,7 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 	const __m512 scale = _mm512_set1_ps(a->scale);
 	for (int p0 = 0; p0 < nmax; p0 += 16) {
 		const int npa = nmax - p0 < 16 ? nmax - p0 : 16;
-		const float *kp[16], *vp[16];
+		const void *kp[16], *vp[16];
 		/* fetch the next chunk's rows while this one is computed: decode reads
 		   K/V pages that have left the caches (hides the DRAM latency) */
 		if (p0 + 16 < nmax) {
@@ -1635,7 +1689,7 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 		int pg = p0 / ps, off = p0 % ps; /* walked forward: no division per position */
 		for (int j = 0; j < 16; j++) {
 			if (j >= npa) {
-				kp[j] = vp[j] = zero_row;
+				kp[j] = vp[j] = zero_row; /* zeros as f32, f16 and bf16 */
 				continue;
 			}
 			size_t slot = (size_t)pages[pg] * ps + (size_t)off;
@@ -1645,9 +1699,9 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 			}
 			const uint8_t *kr = (const uint8_t *)a->k + (slot * kvd + (size_t)g * hd) * es;
 			const uint8_t *vr = (const uint8_t *)a->v + (slot * kvd + (size_t)g * hd) * es;
-			if (direct) {
-				kp[j] = (const float *)kr;
-				vp[j] = (const float *)vr;
+			if (direct || raw) {
+				kp[j] = kr;
+				vp[j] = vr;
 				continue;
 			}
 			for (int c = 0; c < nch; c++) {
@@ -1662,35 +1716,13 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 			if (nrow[i] <= p0)
 				continue;
 			const int np = nrow[i] - p0 < 16 ? nrow[i] - p0 : 16;
-			const __mmask16 pm = tail16(np);
-			__m512 sacc[16];
-#pragma GCC unroll 16
-			for (int j = 0; j < 16; j++)
-				sacc[j] = _mm512_setzero_ps();
-			for (int c = 0; c < nch; c++) {
-				__m512 qv = _mm512_load_ps(qc + i * hdp + 16 * c);
-#pragma GCC unroll 16
-				for (int j = 0; j < 16; j++)
-					sacc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kp[j] + 16 * c), sacc[j]);
-			}
-			__m512 sv = _mm512_mul_ps(tree16_ps(sacc), scale);
-			float cmax = _mm512_mask_reduce_max_ps(pm, sv);
-			float mnew = cmax > mr[i] ? cmax : mr[i];
-			float alpha = _mm512_cvtss_f32(exp512(_mm512_set1_ps(mr[i] - mnew)));
-			__m512 pv = _mm512_maskz_mov_ps(pm, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(mnew))));
-			lr[i] = lr[i] * alpha + _mm512_reduce_add_ps(pv);
-			mr[i] = mnew;
-			_mm512_store_ps(pbuf, pv);
-			const __m512 va = _mm512_set1_ps(alpha);
-			if (nch <= 8)
-				pv_acc8(acc + i * hdp, nch, va, pbuf, vp, np);
+			float *qi = qc + i * hdp, *ai = acc + i * hdp;
+			if (!raw)
+				attn_row(qi, ai, mr + i, lr + i, pbuf, nch, lastm, scale, kp, vp, np, 0);
+			else if (dt == QTYPE_F16)
+				attn_row(qi, ai, mr + i, lr + i, pbuf, nch, lastm, scale, kp, vp, np, QTYPE_F16);
 			else
-				for (int c = 0; c < nch; c++) {
-					__m512 o = _mm512_mul_ps(_mm512_load_ps(acc + i * hdp + 16 * c), va);
-					for (int j = 0; j < np; j++)
-						o = _mm512_fmadd_ps(_mm512_set1_ps(pbuf[j]), _mm512_loadu_ps(vp[j] + 16 * c), o);
-					_mm512_store_ps(acc + i * hdp + 16 * c, o);
-				}
+				attn_row(qi, ai, mr + i, lr + i, pbuf, nch, lastm, scale, kp, vp, np, QTYPE_BF16);
 		}
 	}
 	for (int i = 0; i < R; i++) {
