@@ -118,7 +118,8 @@ stop_all() {
 }
 trap 'stop_all; kill $SAMPLER 2>/dev/null || true' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests/lib" && pwd)/free_port.py
+free_port() { python3 "$FREE_PORT_PY"; } # below the ephemeral range
 
 wait_healthy() { # URL NAME PID
 	local deadline=$((SECONDS + 120))

@@ -53,7 +53,8 @@ make --no-print-directory -s -j"$(nproc)" BUILD="$BUILD" "$BIN"
 stop_demo
 mkdir -p "$STATE"
 : >"$STATE/pids"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests/lib" && pwd)/free_port.py
+free_port() { python3 "$FREE_PORT_PY"; } # below the ephemeral range
 NCPU=$(nproc)
 core=0
 # next_pin: PIN = the taskset prefix giving the next server its own core, while cores last

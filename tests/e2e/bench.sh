@@ -50,7 +50,8 @@ if [ ! -r "$MODEL" ]; then
 	echo "note: ../shared absent, using a synthesized model"
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/free_port.py
+free_port() { python3 "$FREE_PORT_PY"; } # below the ephemeral range
 
 # start NAME ARGS...: start a server, wait for /health; sets NAME_PORT.
 start() {

@@ -48,7 +48,8 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/free_port.py
+free_port() { python3 "$FREE_PORT_PY"; } # below the ephemeral range
 
 cat >"$T/check.py" <<'EOF'
 """check.py BIN ROOT: run every pdserve command of ROOT's deployment files

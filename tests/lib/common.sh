@@ -29,4 +29,5 @@ if [ ! -r "$MODEL" ]; then
 	MODEL=$T/synth.gguf
 	"$BIN" model synth --out "$MODEL" >/dev/null 2>&1 || fail "model synth"
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/." && pwd)/free_port.py
+free_port() { python3 "$FREE_PORT_PY"; } # below the ephemeral range

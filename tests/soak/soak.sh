@@ -84,7 +84,8 @@ if [ ! -r "$MODEL" ]; then
 	MODEL=$RES/synth.gguf
 	"$BIN" model synth --out "$MODEL" >/dev/null 2>&1 || fail "model synth"
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/free_port.py
+free_port() { python3 "$FREE_PORT_PY"; } # below the ephemeral range
 
 # a worker killed mid-transfer must be noticed within seconds, but a busy
 # machine must not look like a dead peer: 1 s heartbeats, 3 missed
