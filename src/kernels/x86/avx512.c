@@ -58,7 +58,9 @@
  * (dequantization is only used for embedding rows), weight repacking at load
  * time (the panel is rebuilt per call instead, which costs little because it
  * is amortized over 16-token groups; for a single group, batched decode, it
- * is about half the work).
+ * is a large part of the work). Q8_0 skips the copy: its stored codes are
+ * the signed codes, so the GEMM broadcasts them from the weights and the
+ * panel holds only scales and corrections (+2-11% for 16 sequences on 110M).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -871,13 +873,24 @@ typedef struct {
 	float dmin[KC / QK_K][GR];
 } panel;
 
+/* direct (Q8_0): the stored codes are already the signed codes, so the GEMM
+   broadcasts them from the weights themselves and the panel only gets the
+   scales and corrections (half the unpacking work at one token group). */
+INLINE const int8_t *panel_codes(const panel *P, const uint8_t *const row[GR], int r, int64_t b0, int bl, int bs,
+				 int direct)
+{
+	return direct ? (const int8_t *)(row[r] + (b0 + bl) * bs + 2) : P->codes[r] + 32 * bl;
+}
+
 INLINE void unpack32(panel *P, const uint8_t *const row[GR], size_t rs, int64_t b0, int nbk, int bs, ufn U,
-		     int off, int has_m)
+		     int off, int has_m, int direct)
 {
 	for (int r = 0; r < GR; r++)
 		for (int bl = 0; bl < nbk; bl++) {
 			const uint8_t *blk = row[r] + (b0 + bl) * bs;
-			_mm256_store_si256((__m256i *)(P->codes[r] + 32 * bl), _mm256_sub_epi8(U(blk), _mm256_set1_epi8((char)off)));
+			if (!direct)
+				_mm256_store_si256((__m256i *)(P->codes[r] + 32 * bl),
+						   _mm256_sub_epi8(U(blk), _mm256_set1_epi8((char)off)));
 			P->d[bl][r] = f16_to_f32(ld16(blk));
 			if (has_m)
 				P->m[bl][r] = f16_to_f32(ld16(blk + 2));
@@ -890,7 +903,7 @@ INLINE void unpack32(panel *P, const uint8_t *const row[GR], size_t rs, int64_t 
 #pragma GCC unroll 8
 		for (int r = 0; r < GR; r++)
 			s[r] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm512_castsi512_si256(ones),
-						   _mm256_load_si256((const __m256i *)(P->codes[r] + 32 * bl)));
+						   _mm256_loadu_si256((const __m256i *)panel_codes(P, row, r, b0, bl, bs, direct)));
 		_mm256_store_si256((__m256i *)P->corr[bl], _mm256_slli_epi32(_mm256_sub_epi32(_mm256_setzero_si256(), tree8(s)), 7));
 	}
 }
@@ -937,7 +950,7 @@ INLINE void unpackk(panel *P, const uint8_t *const row[GR], size_t rs, int64_t s
 /* pf: the same chunk of the next tile's rows (prefetched into L2 while this
    group computes, spread over its blocks), or NULL. */
 INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg, float *accmg, int has_m,
-			 const uint8_t *const *pf, int bs)
+			 const uint8_t *const *pf, int bs, const uint8_t *const row[GR], int64_t b0, int direct)
 {
 	__m512 acc[GR];
 #pragma GCC unroll 8
@@ -963,7 +976,7 @@ INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg,
 		for (int k = 0; k < 8; k++)
 #pragma GCC unroll 8
 			for (int r = 0; r < GR; r++)
-				is[r] = dpbusd_bcst(is[r], a[k], P->codes[r] + 32 * bl + 4 * k);
+				is[r] = dpbusd_bcst(is[r], a[k], panel_codes(P, row, r, b0, bl, bs, direct) + 4 * k);
 #pragma GCC unroll 8
 		for (int r = 0; r < GR; r++)
 			acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(P->d[bl][r]), da),
@@ -1103,6 +1116,7 @@ INLINE void gemm_tiles(const kern_weight *w, const uint8_t *act, int64_t n_tok, 
 	const size_t rs = (size_t)nb * (kind ? k_bs(kt) : bs);
 	const size_t gs = (size_t)nb * (kind ? BLKK : BLK8);
 	const int sign = kind ? (kt == KT_Q6 ? 0 : -1) : (has_m ? 1 : 0);
+	const int direct = !kind && bs == 34 && off == 128 && !has_m; /* Q8_0 */
 	panel P __attribute__((aligned(64)));
 	float accbuf[GB][GR][16] __attribute__((aligned(64)));
 	float accmbuf[GB][GR][16] __attribute__((aligned(64)));
@@ -1121,7 +1135,7 @@ INLINE void gemm_tiles(const kern_weight *w, const uint8_t *act, int64_t n_tok, 
 				if (kind)
 					unpackk(&P, row, rs, b0, nbk, kt);
 				else
-					unpack32(&P, row, rs, b0, nbk, bs, U, off, has_m);
+					unpack32(&P, row, rs, b0, nbk, bs, U, off, has_m, direct);
 				/* the next tile's chunk, prefetched during the first group */
 				const uint8_t *pf[GR];
 				for (int r = 0; r < GR; r++)
@@ -1131,7 +1145,8 @@ INLINE void gemm_tiles(const kern_weight *w, const uint8_t *act, int64_t n_tok, 
 					if (kind)
 						gemmk_group(&P, nbk, kt, A, accbuf[gi][0], accmbuf[gi][0], gi ? NULL : pf);
 					else
-						gemm32_group(&P, nbk, A, accbuf[gi][0], accmbuf[gi][0], has_m, gi ? NULL : pf, bs);
+						gemm32_group(&P, nbk, A, accbuf[gi][0], accmbuf[gi][0], has_m, gi ? NULL : pf, bs,
+							     row, b0, direct);
 				}
 			}
 			for (int gi = 0; gi < ngb; gi++)
