@@ -517,38 +517,6 @@ struct ucx_worker { int unused; };
 
 bool ucx_available(void) { return false; }
 
-static void worker_fini(ucx_worker *w)
-{
-	if (w->addr)
-		ucp_worker_release_address(w->worker, w->addr);
-	if (w->worker)
-		ucp_worker_destroy(w->worker);
-	memset(w, 0, sizeof(*w));
-	w->efd = -1;
-}
-
-static int worker_init(ucp_context_h ctx, ucx_worker *w, char *err)
-{
-	memset(w, 0, sizeof(*w));
-	w->efd = -1;
-	ucp_worker_params_t wp;
-	memset(&wp, 0, sizeof(wp));
-	wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-	wp.thread_mode = UCS_THREAD_MODE_SINGLE;
-	ucs_status_t st = ucp_worker_create(ctx, &wp, &w->worker);
-	if (st != UCS_OK) {
-		w->worker = NULL;
-		return err_set(err, ERR_IO, "UCX worker: %s", ucs_status_string(st));
-	}
-	if ((st = ucp_worker_get_efd(w->worker, &w->efd)) != UCS_OK ||
-	    (st = ucp_worker_get_address(w->worker, &w->addr, &w->addr_len)) != UCS_OK) {
-		w->addr = NULL;
-		worker_fini(w);
-		return err_set(err, ERR_IO, "UCX worker: %s", ucs_status_string(st));
-	}
-	return 0;
-}
-
 ucx *ucx_create(const char *ib_devices, char err[ERR_LEN])
 {
 	(void)ib_devices;
