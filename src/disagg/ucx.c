@@ -1,10 +1,12 @@
-/* ucx.c - UCX context, worker, memory, endpoints and puts for the ucx backend.
+/* ucx.c - UCX context, workers, memory, endpoints and puts for the ucx backend.
  *
  * Design: RMA only (UCP_FEATURE_RMA | WAKEUP). The control messages (which
  * pages, the first token, failures) stay on xfer's TCP connection; UCX only
  * moves KV bytes, one-sided, into the decode's pool. A put's completion is
  * known through ucp_ep_flush_nbx: xfer flushes after each exported batch and
- * only then tells the decode the pages are there.
+ * only then tells the decode the pages are there. Workers are per
+ * connection (see ucx.h): closing one takes every connection UCX made for
+ * that peer along, which no endpoint close does reliably in UCX 1.13.
  *
  * Devices: --disaggregation-ib-device names RDMA devices ("mlx5_0" means
  * port 1, "mlx5_0:1"); we map it to UCX's NET_DEVICES. A probe context
@@ -35,9 +37,8 @@ struct ucx_worker {
 };
 
 struct ucx {
-	ucp_context_h ctx;
-	ucx_worker main; /* the prefill's endpoints; the decode's default address */
-	bool fences;     /* a worker's peers write only through it (ucx_fences) */
+	ucp_context_h ctx; /* workers are per connection (ucx_worker_open, ucx_connect) */
+	bool fences;       /* a worker's peers write only through it (ucx_fences) */
 	char desc[2048];
 };
 
@@ -213,7 +214,6 @@ ucx *ucx_create(const char *ib_devices, char err[ERR_LEN])
 		err_set(err, ERR_NOMEM, "out of memory");
 		return NULL;
 	}
-	u->main.efd = -1;
 	ucp_config_t *cfg;
 	if (ucp_config_read(NULL, NULL, &cfg) != UCS_OK) {
 		err_set(err, ERR_IO, "UCX: cannot read its configuration");
@@ -228,8 +228,10 @@ ucx *ucx_create(const char *ib_devices, char err[ERR_LEN])
 		err_set(err, ERR_IO, "UCX init: %s", ucs_status_string(st));
 		goto fail;
 	}
-	if (worker_init(u->ctx, &u->main, err) < 0)
+	ucx_worker probe; /* fail at start-up, not at the first connection */
+	if (worker_init(u->ctx, &probe, err) < 0)
 		goto fail;
+	worker_fini(&probe);
 	char res[700];
 	resources(u->ctx, res, sizeof(res), &u->fences);
 	const char *tls = getenv("UCX_TLS"), *nd = getenv("UCX_NET_DEVICES");
@@ -245,14 +247,12 @@ void ucx_destroy(ucx *u)
 {
 	if (!u)
 		return;
-	worker_fini(&u->main);
 	if (u->ctx)
 		ucp_cleanup(u->ctx);
 	alloc_free(u);
 }
 
 const char *ucx_describe(ucx *u) { return u->desc; }
-int ucx_event_fd(ucx *u) { return u->main.efd; }
 bool ucx_fences(ucx *u) { return u->fences; }
 
 void ucx_worker_progress(ucx_worker *w)
@@ -263,11 +263,6 @@ void ucx_worker_progress(ucx_worker *w)
 		if (ucp_worker_arm(w->worker) != UCS_ERR_BUSY)
 			return;
 	}
-}
-
-void ucx_progress(ucx *u)
-{
-	ucx_worker_progress(&u->main);
 }
 
 ucx_worker *ucx_worker_open(ucx *u, char err[ERR_LEN])
@@ -353,12 +348,6 @@ void ucx_mem_release(ucx *u, ucx_mem *m)
 	ucp_rkey_buffer_release(m->rkey_buf);
 	ucp_mem_unmap(u->ctx, m->memh);
 	alloc_free(m);
-}
-
-int ucx_worker_address(ucx *u, const void **blob, size_t *len)
-{
-	ucx_worker_blob(&u->main, blob, len);
-	return 0;
 }
 
 int ucx_rkey(ucx *u, ucx_mem *m, const void **blob, size_t *len)
@@ -526,8 +515,6 @@ ucx *ucx_create(const char *ib_devices, char err[ERR_LEN])
 
 void ucx_destroy(ucx *u) { (void)u; }
 const char *ucx_describe(ucx *u) { (void)u; return "UCX unavailable"; }
-int ucx_event_fd(ucx *u) { (void)u; return -1; }
-void ucx_progress(ucx *u) { (void)u; }
 bool ucx_fences(ucx *u) { (void)u; return false; }
 ucx_worker *ucx_worker_open(ucx *u, char err[ERR_LEN])
 {
@@ -551,7 +538,6 @@ int ucx_register(ucx *u, void *addr, size_t bytes, ucx_mem **out, char err[ERR_L
 	return err_set(err, ERR_UNSUPPORTED, "built without UCX");
 }
 void ucx_mem_release(ucx *u, ucx_mem *m) { (void)u; (void)m; }
-int ucx_worker_address(ucx *u, const void **blob, size_t *len) { (void)u; *blob = NULL; *len = 0; return ERR_UNSUPPORTED; }
 int ucx_rkey(ucx *u, ucx_mem *m, const void **blob, size_t *len) { (void)u; (void)m; *blob = NULL; *len = 0; return ERR_UNSUPPORTED; }
 ucx_peer *ucx_connect(ucx *u, const void *addr, size_t addr_len, const void *rkey, size_t rkey_len,
 		      uint64_t remote_base, uint64_t remote_bytes, char err[ERR_LEN])

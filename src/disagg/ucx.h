@@ -3,15 +3,17 @@
  * Used by xfer.c for the `ucx` backend (also selected by the names
  * `mooncake` and `nixl`). The decode side allocates its KV pool through
  * ucx_alloc (ucp_mem_map with allocation, so shared-memory transports are
- * truly one-sided) and publishes its worker address, the pool's packed
- * rkey and base address; the prefill connects an endpoint to that worker,
- * unpacks the rkey once, and ucx_put()s pages straight into the decode's
- * pool, then ucx_flush()es before telling the decode (over the control
- * connection) that the pages are there.
+ * truly one-sided); for each prefill connection it opens a worker
+ * (ucx_worker_open) and publishes that worker's address, the pool's packed
+ * rkey and base address; the prefill connects an endpoint (on a worker of
+ * its own) to it, unpacks the rkey once, and ucx_put()s pages straight into
+ * the decode's pool, then ucx_flush()es before telling the decode (over the
+ * control connection) that the pages are there. Both sides close their
+ * worker with the connection.
  *
  * Threads: one ucx per xfer thread; every call from that thread. Progress:
- * put the fd of ucx_event_fd in the poll set and call ucx_progress after
- * every poll (it re-arms the fd).
+ * put every worker's fd (ucx_worker_fd, ucx_peer_fd) in the poll set and
+ * progress each after every poll (that re-arms the fd).
  *
  * Built without UCX (no ucx.pc at build time) every constructor fails with
  * ERR_UNSUPPORTED and ucx_available() is false.
@@ -42,9 +44,6 @@ void ucx_destroy(ucx *u); /* NULL is fine */
 /* One line for the start-up log: UCX version, UCX_TLS, devices, and the
    transports the worker uses. */
 const char *ucx_describe(ucx *u);
-int ucx_event_fd(ucx *u);
-/* Progress until idle; re-arm the event fd. */
-void ucx_progress(ucx *u);
 
 /* A worker of its own for one peer (the decode opens one per prefill
    connection and publishes its address there). Closing it closes every
@@ -70,7 +69,6 @@ int ucx_register(ucx *u, void *addr, size_t bytes, ucx_mem **out, char err[ERR_L
 void ucx_mem_release(ucx *u, ucx_mem *m); /* unmaps (and frees what ucx_alloc gave) */
 
 /* Blobs for the handshake, owned by the ucx / mem (valid until destroy). */
-int ucx_worker_address(ucx *u, const void **blob, size_t *len);
 int ucx_rkey(ucx *u, ucx_mem *m, const void **blob, size_t *len);
 
 /* Prefill side: an endpoint to a decode's worker with its pool's rkey, on

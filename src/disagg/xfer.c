@@ -2053,7 +2053,7 @@ static void *thread_main(void *arg)
 		pthread_mutex_unlock(&x->mu);
 		if (stop)
 			break;
-		int need = 4 + 2 * x->n_conns;
+		int need = 3 + 2 * x->n_conns;
 		if (need > cap) {
 			struct pollfd *np = alloc_resize_array(pfd, (size_t)need * 2, sizeof(struct pollfd));
 			if (np) {
@@ -2065,7 +2065,6 @@ static void *thread_main(void *arg)
 		pfd[n++] = (struct pollfd){ .fd = x->wake_fd, .events = POLLIN };
 		pfd[n++] = (struct pollfd){ .fd = x->listen_fd, .events = POLLIN };
 		pfd[n++] = (struct pollfd){ .fd = x->unix_fd, .events = POLLIN };
-		pfd[n++] = (struct pollfd){ .fd = x->ux ? ucx_event_fd(x->ux) : -1, .events = POLLIN };
 		int base = n;
 		for (int i = 0; i < x->n_conns && n < cap; i++) {
 			conn *c = x->conns[i];
@@ -2143,7 +2142,6 @@ static void *thread_main(void *arg)
 		   goes to a broken endpoint). Flush callbacks may kill
 		   connections, never free them. */
 		if (x->ux) {
-			ucx_progress(x->ux);
 			for (int i = 0; i < x->n_conns; i++) {
 				conn *c = x->conns[i];
 				if (c->uw)
