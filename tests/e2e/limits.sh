@@ -91,6 +91,15 @@ def good(port=L):
     if st != 200 or json.loads(out)["usage"]["completion_tokens"] < 1:
         fail(f"a good request after a refusal: {st} {out[:200]}")
 
+def one_more(port, before, reason, what):
+    """exactly one more refusal counted, under reason; the server still serves"""
+    after = rejected(port)
+    for k in after:
+        want = before.get(k, 0) + (1 if k == reason else 0)
+        if after[k] != want:
+            fail(f"{what}: counter {k} went {before.get(k)} -> {after[k]}, want {want}")
+    good(port)
+
 def expect(reason, status, path, body, headers=None, port=L, words=None):
     before = rejected(port)
     st, h, out = call(port, path, body, headers)
@@ -105,12 +114,7 @@ def expect(reason, status, path, body, headers=None, port=L, words=None):
             fail(f"{reason}: error object without {k}: {err}")
     if words and words not in err["message"]:
         fail(f"{reason}: message {err['message']!r} does not say {words!r}")
-    after = rejected(port)
-    for k in after:
-        want = before.get(k, 0) + (1 if k == reason else 0)
-        if after[k] != want:
-            fail(f"{reason}: counter {k} went {before.get(k)} -> {after[k]}, want {want}")
-    good(port)
+    one_more(port, before, reason, reason)
     return h, err
 
 long_prompt = "Once upon a time there was a little girl who lived in a village near the forest. " * 8
@@ -161,12 +165,7 @@ def expect_cut(port, body, headers=None, chunked=False, status=413, reason="read
     s.close()
     if not first.startswith(b"HTTP/1.1 %d " % status):
         fail(f"a request over twice a limit (chunked={chunked}): {first!r}, want a {status}")
-    after = rejected(port)
-    for k in after:
-        want = before.get(k, 0) + (1 if k == reason else 0)
-        if after[k] != want:
-            fail(f"{reason} (chunked={chunked}, port {port}): counter {k} went {before.get(k)} -> {after[k]}, want {want}")
-    good(port)
+    one_more(port, before, reason, f"{reason} (chunked={chunked}, port {port})")
 
 huge = b'{"prompt": "' + b"a" * 20000 + b'"}'
 expect_cut(L, huge)

@@ -22,28 +22,7 @@
 set -euo pipefail
 START=$SECONDS
 
-BIN=${PDSERVE_BIN:?set PDSERVE_BIN to the pdserve binary}
-HERE=$(cd "$(dirname "$0")/../.." && pwd)
-SHARED=${PDSERVE_SHARED:-$HERE/../shared}
-command -v curl >/dev/null && command -v python3 >/dev/null || { echo "skip: needs curl and python3"; exit 0; }
-T=$(mktemp -d)
-PIDS=()
-cleanup() {
-	exec 2>/dev/null
-	for p in "${PIDS[@]}"; do kill -CONT "$p" || true; kill -9 "$p" || true; done
-	wait || true
-	rm -rf "$T"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-MODEL=$SHARED/models/stories260K.gguf
-if [ ! -r "$MODEL" ]; then
-	MODEL=$T/synth.gguf
-	"$BIN" model synth --out "$MODEL" >/dev/null 2>&1 || fail "model synth"
-fi
-FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/free_port.py
-free_port() { python3 "$FREE_PORT_PY"; } # below the ephemeral range
+source "$(dirname "$0")/../lib/common.sh"
 
 wait_health() { # NAME PORT PID
 	local deadline=$((SECONDS + 20))

@@ -21,30 +21,7 @@
 # - /metrics names, and SIGTERM exits 0.
 set -euo pipefail
 
-BIN=${PDSERVE_BIN:?set PDSERVE_BIN to the pdserve binary}
-HERE=$(cd "$(dirname "$0")/../.." && pwd)
-SHARED=${PDSERVE_SHARED:-$HERE/../shared}
-command -v curl >/dev/null && command -v python3 >/dev/null || { echo "skip: needs curl and python3"; exit 0; }
-T=$(mktemp -d)
-PIDS=()
-cleanup() {
-	exec 2>/dev/null # no "Killed" notices for the children we stop
-	for p in "${PIDS[@]}"; do kill -9 "$p" || true; done
-	wait || true
-	rm -rf "$T"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-MODEL=$SHARED/models/stories260K.gguf
-if [ ! -r "$MODEL" ]; then
-	MODEL=$T/synth.gguf
-	"$BIN" model synth "$MODEL" >/dev/null 2>&1 || fail "model synth"
-	echo "note: ../shared absent, using a synthesized model"
-fi
-
-FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/free_port.py
-free_port() { python3 "$FREE_PORT_PY"; } # below the ephemeral range
+source "$(dirname "$0")/../lib/common.sh"
 
 # start NAME ARGS...: start a server, wait for /health; sets NAME_PORT, NAME_PID.
 start() {

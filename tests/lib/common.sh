@@ -28,6 +28,7 @@ MODEL=$SHARED/models/stories260K.gguf
 if [ ! -r "$MODEL" ]; then
 	MODEL=$T/synth.gguf
 	"$BIN" model synth --out "$MODEL" >/dev/null 2>&1 || fail "model synth"
+	echo "note: ../shared absent, using a synthesized model"
 fi
 FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/." && pwd)/free_port.py
 free_port() { python3 "$FREE_PORT_PY"; } # below the ephemeral range
