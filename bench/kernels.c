@@ -359,6 +359,9 @@ int main(int argc, char **argv)
 	/* batched decode: 16 tokens through a matrix bigger than the caches */
 	for (size_t i = 0; i < 4; i++)
 		bench_matmul(types[i], 768, (int64_t)(256.0 * 1048576 / qtype_row_size(types[i], 768)), 16, "256MiB");
+	/* decode from L2 (256 rows of 4096): the GEMV's own speed, memory aside */
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		bench_matmul(types[i], 4096, 256, 1, "in L2");
 	/* the same with the 110M model's row length (768) */
 	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
 		bench_matmul(types[i], 768, (int64_t)(256.0 * 1048576 / qtype_row_size(types[i], 768)), 1, "256MiB");

@@ -809,6 +809,7 @@ INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt
 				scv[3] = scale_lanes(s16, IDX2(5, 7));
 			} else {
 				s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+#pragma GCC unroll 4
 				for (int p = 0; p < 4; p++)
 					c[p] = u_q6_k(blk, p);
 				scv[0] = scale_lanes(s16, IDX4(0));
@@ -819,13 +820,17 @@ INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt
 			for (int t = 0; t < nt; t++) {
 				const uint8_t *a = act + (size_t)t * L->stride;
 				const int8_t *ac = (const int8_t *)a + (kt == KT_Q6 ? 0 : L->k4) + sb * QK_K;
-				__m512i is = _mm512_setzero_si512();
+				__m512i is0 = _mm512_setzero_si512(), is1 = _mm512_setzero_si512();
 #pragma GCC unroll 4
-				for (int k = 0; k < 4; k++) {
-					__m512i D = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[k],
-									_mm512_load_si512((const void *)(ac + 64 * k)));
-					is = _mm512_dpwssd_epi32(is, D, scv[k]);
+				for (int k = 0; k < 4; k += 2) {
+					__m512i D0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[k],
+									 _mm512_load_si512((const void *)(ac + 64 * k)));
+					__m512i D1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[k + 1],
+									 _mm512_load_si512((const void *)(ac + 64 * k + 64)));
+					is0 = _mm512_dpwssd_epi32(is0, D0, scv[k]);
+					is1 = _mm512_dpwssd_epi32(is1, D1, scv[k + 1]);
 				}
+				__m512i is = _mm512_add_epi32(is0, is1);
 				if (kt != KT_Q6) {
 					isr[t][r] = fold512(is);
 					imr[t][r] = _mm256_zextsi128_si256(_mm_madd_epi16(
@@ -852,6 +857,109 @@ INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt
 	for (int t = 0; t < nt; t++)
 		_mm256_mask_storeu_ps(y + t * ldy, m, kt == KT_Q6 ? acc[t] : _mm256_sub_ps(acc[t], accm[t]));
 }
+
+/* The 6-bit scales and mins of a Q4_K / Q5_K block (bytes 4-15; see
+   k_scales), unpacked two 64-bit words at a time: bytes 0-3 of the result
+   are scales 0-3, 4-7 mins 0-3, 8-11 scales 4-7, 12-15 mins 4-7. */
+INLINE __m128i k_scales_mixed(const uint8_t *blk)
+{
+	uint64_t x;
+	memcpy(&x, blk + 4, 8);
+	const uint64_t u2 = (uint32_t)ld32(blk + 12);
+	const uint64_t lo = x & 0x3f3f3f3f3f3f3f3full;
+	const uint64_t hi = (((u2 | u2 << 28) & 0x0f0f0f0f0f0f0f0full) | ((x >> 2) & 0x3030303030303030ull));
+	return _mm_insert_epi64(_mm_cvtsi64_si128((long long)lo), (long long)hi, 1);
+}
+
+/* vpshufb controls on k_scales_mixed's bytes broadcast to all four 128-bit
+   lanes: words of scale a (lanes 0-1) and scale b (lanes 2-3), for the sub-
+   block pairs (0,2) (1,3) (4,6) (5,7) of the nibble order; and the 8 mins as
+   words. 0x80 makes a zero byte. */
+#define SB(i) (char)0x80, (char)(i) /* high byte first: _mm512_set_epi8 */
+#define SB4(i) SB(i), SB(i), SB(i), SB(i)
+#define SCTL(a, b) _mm512_set_epi8(SB4(b), SB4(b), SB4(b), SB4(b), SB4(a), SB4(a), SB4(a), SB4(a))
+
+/* GEMV over Q4_K / Q5_K rows. The codes come as two sub-blocks per 512-bit
+   vector in nibble order (the activations in the matching k4 order);
+   vpmaddubsw forms the products of code pairs (codes <= 31, |a| <= 127: no
+   saturation) and vpdpwssd multiplies them by the sub-block's scale, which
+   one vpshufb per vector places from the unpacked scales. The integer sum
+   of a row is the reference's isum, exactly. This path is bound by the
+   instruction count (about 45 per row and super-block, against 85 when
+   scales were unpacked by scalar code and placed with vpermw). */
+INLINE void gemvk45_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt, const uint8_t *act,
+			 const rowlay *L, int nt, float *y, int64_t ldy)
+{
+	const int bs = k_bs(kt);
+	const uint8_t *row[GR];
+	int32_t ri[GR];
+	for (int r = 0; r < GR; r++) {
+		int rr = r < nv ? r : nv - 1;
+		row[r] = w0 + (size_t)rr * rs;
+		ri[r] = (int32_t)((size_t)rr * rs);
+	}
+	const __m256i ridx = _mm256_loadu_si256((const __m256i *)ri);
+	const __m512i m15 = _mm512_set1_epi8(15);
+	const __m512i ctl0 = SCTL(0, 2), ctl1 = SCTL(1, 3), ctl2 = SCTL(8, 10), ctl3 = SCTL(9, 11);
+	const __m128i ctlm = _mm_set_epi8(SB(15), SB(14), SB(13), SB(12), SB(7), SB(6), SB(5), SB(4));
+	__m256 acc[GEMV_TOK], accm[GEMV_TOK];
+	for (int t = 0; t < nt; t++)
+		acc[t] = accm[t] = _mm256_setzero_ps();
+	for (int64_t sb = 0; sb < nsb; sb++) {
+		__m256i isr[GEMV_TOK][GR], imr[GEMV_TOK][GR];
+		for (int r = 0; r < GR; r++) {
+			const uint8_t *blk = row[r] + sb * bs;
+			for (int k = 0; k < bs; k += 64)
+				_mm_prefetch((const char *)blk + GR * rs + k, _MM_HINT_T1);
+			const __m128i X = k_scales_mixed(blk);
+			const __m512i Xb = _mm512_broadcast_i32x4(X);
+			const __m512i S0 = _mm512_shuffle_epi8(Xb, ctl0), S1 = _mm512_shuffle_epi8(Xb, ctl1);
+			const __m512i S2 = _mm512_shuffle_epi8(Xb, ctl2), S3 = _mm512_shuffle_epi8(Xb, ctl3);
+			const __m128i m16 = _mm_shuffle_epi8(X, ctlm);
+			const uint8_t *qs = blk + (kt == KT_Q4 ? 16 : 48);
+			__m512i q0 = _mm512_loadu_si512((const void *)qs), q1 = _mm512_loadu_si512((const void *)(qs + 64));
+			__m512i c0 = _mm512_and_si512(q0, m15), c1 = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m15);
+			__m512i c2 = _mm512_and_si512(q1, m15), c3 = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m15);
+			if (kt == KT_Q5) {
+				__m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
+				/* bit 4 of the codes: qh bits 0 2 | 1 3 | 4 6 | 5 7 (low | high half) */
+				__m512i h02 = _mm512_mask_srli_epi16(h, 0xffff0000, h, 2);
+				const __m512i b4 = _mm512_set1_epi8(16);
+				c0 = _mm512_or_si512(c0, _mm512_and_si512(_mm512_slli_epi16(h02, 4), b4));
+				c1 = _mm512_or_si512(c1, _mm512_and_si512(_mm512_slli_epi16(h02, 3), b4));
+				c2 = _mm512_or_si512(c2, _mm512_and_si512(h02, b4));
+				c3 = _mm512_or_si512(c3, _mm512_and_si512(_mm512_srli_epi16(h02, 1), b4));
+			}
+			for (int t = 0; t < nt; t++) {
+				const uint8_t *a = act + (size_t)t * L->stride;
+				const __m512i *ac = (const __m512i *)(a + L->k4 + sb * QK_K);
+				__m512i s0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+								 _mm512_maddubs_epi16(c0, _mm512_load_si512(ac)), S0);
+				__m512i s1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+								 _mm512_maddubs_epi16(c1, _mm512_load_si512(ac + 1)), S1);
+				s0 = _mm512_dpwssd_epi32(s0, _mm512_maddubs_epi16(c2, _mm512_load_si512(ac + 2)), S2);
+				s1 = _mm512_dpwssd_epi32(s1, _mm512_maddubs_epi16(c3, _mm512_load_si512(ac + 3)), S3);
+				isr[t][r] = fold512(_mm512_add_epi32(s0, s1));
+				imr[t][r] = _mm256_zextsi128_si256(
+					_mm_madd_epi16(m16, _mm_loadu_si128((const __m128i *)(a + L->ssum + 16 * sb))));
+			}
+		}
+		__m256i dm = gather_dm(w0, ridx, (size_t)sb * bs);
+		__m256 dw = h_lo(dm), dmin = h_hi(dm);
+		for (int t = 0; t < nt; t++) {
+			const uint8_t *a = act + (size_t)t * L->stride;
+			__m256 dy = _mm256_set1_ps(((const float *)(a + L->d))[sb]);
+			acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(dy, dw), _mm256_cvtepi32_ps(tree8(isr[t]))));
+			accm[t] = _mm256_add_ps(accm[t], _mm256_mul_ps(_mm256_mul_ps(dy, dmin), _mm256_cvtepi32_ps(tree8(imr[t]))));
+		}
+	}
+	__mmask8 m = (__mmask8)((1u << nv) - 1);
+	for (int t = 0; t < nt; t++)
+		_mm256_mask_storeu_ps(y + t * ldy, m, _mm256_sub_ps(acc[t], accm[t]));
+}
+#undef SCTL
+#undef SB4
+#undef SB
 
 /* ---- GEMM: panels ------------------------------------------------------------ */
 
@@ -1180,7 +1288,9 @@ INLINE void rows_quant(const kern_weight *w, const void *vact, int64_t n_tok, fl
 			switch (n_tok - t0 < GEMV_TOK ? n_tok - t0 : GEMV_TOK) {
 #define GEMV_CASE(NT)                                                                          \
 	case NT:                                                                               \
-		if (kind)                                                                      \
+		if (kind && kt != KT_Q6)                                                       \
+			gemvk45_tile(w0, rs, nv, nb, kt, a, &L, NT, yt, n_out);                \
+		else if (kind)                                                                 \
 			gemvk_tile(w0, rs, nv, nb, kt, a, &L, NT, yt, n_out);                  \
 		else                                                                           \
 			gemv32_tile(w0, rs, nv, nb, bs, U2, off, has_m, a, &L, NT, yt, n_out); \
