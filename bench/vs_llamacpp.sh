@@ -11,7 +11,8 @@
 #   NODE_PATH defaults to /tmp/ref-llama/node_modules; reliable at 1 thread only, its JS thread
 #   competes for a core).
 # Prints the medians (pp tok/s, tg tok/s, pdserve's batched decode and the weights' read
-# bandwidth measured in the same pdserve run) and the ratios pdserve / llama.cpp, one table per
+# bandwidth measured in the same pdserve run) and the ratios pdserve / llama.cpp (the median of
+# the per-round ratios, each round's two runs being back to back), one table per
 # model, and a JSON line per model at the end. Interleaving means both see the same machine
 # load; on a shared machine compare ratios, not absolute numbers.
 #
@@ -71,26 +72,38 @@ for r in refs:
     elif 'avg_ts' in r:                            # llama-bench jsonl: one line per test
         (r_pp if r.get('n_prompt', 0) > 0 and r.get('n_gen', 0) == 0 else r_tg).append(r['avg_ts'])
 l_pp, l_tg = med(r_pp), med(r_tg)
+# The ratios are medians of the per-round ratios (each pdserve run against the
+# llama.cpp run right after it): this machine's speed drifts over minutes, and
+# a round's two runs see the same state, while a ratio of medians mixes states.
+n = min(len(ours), len(r_pp), len(r_tg))
+pp_rounds = [ours[i]['pp_tok_s'] / r_pp[i] for i in range(n)]
+tg_rounds = [ours[i]['tg_tok_s'] / r_tg[i] for i in range(n)]
+bw_rounds = [ours[i]['tg_tok_s'] * ours[i]['weight_bytes'] / (ours[i]['read_gb_s'] * 1e9) for i in range(len(ours))]
+pp_ratio, tg_ratio = med(pp_rounds), med(tg_rounds)
 batched = {}
 for o in ours:
     for k, v in o.get('batched_tok_s', {}).items():
         batched.setdefault(k, []).append(v)
 name = model.rsplit('/', 1)[-1]
-print(f"\n{name}: {threads} thread(s), medians of {len(ours)} interleaved rounds")
-print(f"| test    | pdserve tok/s | llama.cpp tok/s | ratio |")
-print(f"|---------|--------------:|----------------:|------:|")
-print(f"| pp{pp:<5} | {o_pp:13.1f} | {l_pp:15.1f} | {o_pp / l_pp:5.2f} |")
-print(f"| tg{tg:<5} | {o_tg:13.1f} | {l_tg:15.1f} | {o_tg / l_tg:5.2f} |")
+print(f"\n{name}: {threads} thread(s), medians of {len(ours)} interleaved rounds "
+      f"(ratio: the median of the per-round ratios)")
+print(f"| test    | pdserve tok/s | llama.cpp tok/s | ratio | per round |")
+print(f"|---------|--------------:|----------------:|------:|-----------|")
+print(f"| pp{pp:<5} | {o_pp:13.1f} | {l_pp:15.1f} | {pp_ratio:5.2f} | {' '.join(f'{x:.2f}' for x in pp_rounds)} |")
+print(f"| tg{tg:<5} | {o_tg:13.1f} | {l_tg:15.1f} | {tg_ratio:5.2f} | {' '.join(f'{x:.2f}' for x in tg_rounds)} |")
 tg_gbs = o_tg * wb * 1e-9
 print(f"weights {wb / 1048576:.1f} MiB; read bandwidth {bw:.2f} GB/s; pdserve tg reads {tg_gbs:.2f} GB/s "
-      f"= {100 * tg_gbs / bw:.0f}% of it; llama.cpp tg {l_tg * wb * 1e-9:.2f} GB/s")
+      f"= {100 * med(bw_rounds):.0f}% of the bandwidth measured in the same run (median of rounds); "
+      f"llama.cpp tg {l_tg * wb * 1e-9:.2f} GB/s")
 for k in sorted(batched, key=int):
     b = med(batched[k])
     print(f"batched x{k}: {b:.1f} tok/s = {b / o_tg:.2f}x pdserve single-stream")
 print(json.dumps({"model": name, "threads": int(threads), "pdserve_pp": round(o_pp, 2), "llamacpp_pp": round(l_pp, 2),
-                  "pp_ratio": round(o_pp / l_pp, 3), "pdserve_tg": round(o_tg, 2), "llamacpp_tg": round(l_tg, 2),
-                  "tg_ratio": round(o_tg / l_tg, 3), "read_gb_s": round(bw, 2),
-                  "tg_bw_fraction": round(tg_gbs / bw, 3),
+                  "pp_ratio": round(pp_ratio, 3), "pdserve_tg": round(o_tg, 2), "llamacpp_tg": round(l_tg, 2),
+                  "tg_ratio": round(tg_ratio, 3), "read_gb_s": round(bw, 2),
+                  "tg_bw_fraction": round(med(bw_rounds), 3),
+                  "pp_ratio_rounds": [round(x, 3) for x in pp_rounds],
+                  "tg_ratio_rounds": [round(x, 3) for x in tg_rounds],
                   "batched_tok_s": {k: round(med(v), 2) for k, v in batched.items()}}))
 PY
 done

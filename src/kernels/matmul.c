@@ -7,9 +7,10 @@
  *      vec_dot_type (Q8_0, Q8_1, Q8_K, f16, bf16) in scratch, each thread a
  *      share. F32 weights need no conversion and read x in place.
  *   2. rows: the output rows of all the weights, cut into tiles of
- *      KERN_MM_TILE rows and laid end to end, are split into contiguous
- *      ranges of tiles, one per thread; a thread computes every y[t][o] of
- *      its rows.
+ *      KERN_MM_TILE rows and laid end to end, are handed out in chunks of
+ *      contiguous tiles (about 8 per thread) from an atomic counter, so a
+ *      thread slowed for a while takes fewer; a thread computes every
+ *      y[t][o] of the rows it takes.
  *
  * Two ways to do both phases, picked per weight type from the table:
  *
@@ -95,6 +96,7 @@ typedef struct {
 	size_t act_blck_size;
 
 	atomic_int bar_count, bar_gen;
+	atomic_llong next_tile; /* the first tile no thread has taken yet */
 } matmul_job;
 
 static void barrier(matmul_job *j, int nth)
@@ -156,22 +158,32 @@ static void mm_part(void *p, int ith, int nth)
 			convert_generic(j, ith, nth);
 		barrier(j, nth);
 	}
-	int64_t tile, tile_end;
-	kern_split(j->n_tiles, ith, nth, &tile, &tile_end);
-	for (int i = 0; i < j->n_w && tile < tile_end; i++) {
-		const kern_weight *w = j->w[i];
-		int64_t nt = (w->n_out + KERN_MM_TILE - 1) / KERN_MM_TILE;
-		if (tile < nt) {
-			int64_t e = tile_end < nt ? tile_end : nt;
-			if (j->use_tiled)
-				j->t->mm_rows[w->type](w, j->act, j->n_tok, j->y[i], tile, e);
-			else
-				rows_generic(j, w, j->y[i], tile * KERN_MM_TILE,
-					     e * KERN_MM_TILE < w->n_out ? e * KERN_MM_TILE : w->n_out);
-			tile = e;
+	/* Tiles are handed out in chunks from a shared counter, not split in
+	   equal halves: on a VM, or wherever a core is slowed for a while (by
+	   another process, an interrupt, its share of memory bandwidth), the
+	   faster thread takes more and none waits for a straggler at the end.
+	   A tile's arithmetic does not depend on which thread computes it. */
+	const int64_t chunk = nth == 1 ? j->n_tiles : (j->n_tiles + 8 * nth - 1) / (8 * nth);
+	for (;;) {
+		int64_t tile = atomic_fetch_add_explicit(&j->next_tile, chunk, memory_order_relaxed);
+		if (tile >= j->n_tiles)
+			break;
+		int64_t tile_end = tile + chunk < j->n_tiles ? tile + chunk : j->n_tiles;
+		for (int i = 0; i < j->n_w && tile < tile_end; i++) {
+			const kern_weight *w = j->w[i];
+			int64_t nt = (w->n_out + KERN_MM_TILE - 1) / KERN_MM_TILE;
+			if (tile < nt) {
+				int64_t e = tile_end < nt ? tile_end : nt;
+				if (j->use_tiled)
+					j->t->mm_rows[w->type](w, j->act, j->n_tok, j->y[i], tile, e);
+				else
+					rows_generic(j, w, j->y[i], tile * KERN_MM_TILE,
+						     e * KERN_MM_TILE < w->n_out ? e * KERN_MM_TILE : w->n_out);
+				tile = e;
+			}
+			tile -= nt;
+			tile_end -= nt;
 		}
-		tile -= nt;
-		tile_end -= nt;
 	}
 }
 
@@ -205,6 +217,7 @@ void kern_matmul_n_t(const kern_table *t, threadpool *tp, int n_w, const kern_we
 	};
 	atomic_init(&j.bar_count, 0);
 	atomic_init(&j.bar_gen, 0);
+	atomic_init(&j.next_tile, 0);
 	if (vt == QTYPE_F32) {
 		j.act = (const uint8_t *)x;
 		j.act_stride = (size_t)n_in * sizeof(float);

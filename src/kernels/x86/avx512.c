@@ -19,8 +19,13 @@
  *      transpose-add tree turns 8 rows x 2 blocks x 8 lanes into one vector
  *      of 16 exact sums. The code offset (128, 8, 16, 32) is taken back with
  *      the activation block's code sum: sum (u - off) a = sum u a - off sum a.
- *      K-quant sub-block scales multiply the 8-lane partial sums with
- *      vpdpwssd (the sums fit 16 bits). The rows of a tile are 8 short
+ *      K-quant sub-block scales multiply the partial sums with vpdpwssd:
+ *      Q6_K's 8-lane vpdpbusd sums (they fit 16 bits); for Q4_K / Q5_K the
+ *      pair products of vpmaddubsw, with the 6-bit scales unpacked by
+ *      64-bit integer ops and placed by one vpshufb per vector (the scalar
+ *      unpack and vpermw placement it replaced took half the instructions
+ *      of a row; the K-quant GEMV is bound by instruction count, not by a
+ *      port: 1.2-1.4x in L2). The rows of a tile are 8 short
  *      streams the hardware prefetcher follows poorly, so the next tile's
  *      bytes are prefetched into L2 one tile ahead (2x on 768-wide rows).
  *      GEMM (n_tok >= GEMM_MIN_TOK): activations are re-laid out for groups
@@ -48,7 +53,8 @@
  * Measured on Zen 4 (bench/kernels.c, one core): GEMM ~290 GOP/s of the
  * 470 GOP/s vpdpbusd peak; GEMV ~68 GOP/s in cache, i.e. 36 GB/s of Q8_0
  * and 19 GB/s of Q4_0 weights: above one core's DRAM bandwidth for Q8_0, at
- * it for Q4_0 (shuffle-port bound: the tree and the scale gather).
+ * it for Q4_0 (shuffle-port bound: the tree and the scale gather); K-quants
+ * from L2 (`--filter 'in L2'`, `--best`): Q4_K 26, Q5_K 26, Q6_K 28 GB/s.
  *
  * Invariants: nothing allocates; panels and accumulators live on the stack
  * (under 64 KiB); every load of a weight or activation row stays inside its
@@ -749,22 +755,20 @@ INLINE __m512i scale_lanes(__m256i v16, __m512i idx)
 	return _mm512_maskz_permutexvar_epi16(0x55555555, idx, _mm512_castsi256_si512(v16));
 }
 
-/* word 2i of lane i = a (i < 8) or b (i >= 8) */
-#define IDX2(a, b) _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a)
 /* word 2i of lane i = base + i / 4 */
 #define IDX4(base) _mm512_set_epi32((base) + 3, (base) + 3, (base) + 3, (base) + 3, (base) + 2, (base) + 2, (base) + 2, \
 				    (base) + 2, (base) + 1, (base) + 1, (base) + 1, (base) + 1, base, base, base, base)
 
-/* GEMV over K-quant rows. Q4_K/Q5_K codes come as 64-byte vectors of two
-   32-element sub-blocks in the order the nibbles are stored (see u_k4), so
-   the activations are read in the matching "k4" order (rowlay.k4); Q6_K
-   uses the natural order. The per-sub-block scale is applied with vpdpwssd
-   on the 8-lane sums, the integer sum of a row is then exact: the same
-   isum the reference forms. */
-INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt, const uint8_t *act,
-		       const rowlay *L, int nt, float *y, int64_t ldy)
+/* GEMV over Q6_K rows (Q4_K / Q5_K: gemvk45_tile below). The codes (stored
+   + 32, so unsigned) in the natural order, 64 per vector; vpdpbusd forms the
+   8-lane partial sums of each 16-element sub-block pair and vpdpwssd
+   multiplies them by the sub-block scales (the sums fit 16 bits), two
+   accumulators deep; 32 * sum_k scale_k * bsums_k takes the offset back.
+   The integer sum of a row is the reference's isum, exactly. */
+INLINE void gemvq6_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, const uint8_t *act, const rowlay *L,
+			int nt, float *y, int64_t ldy)
 {
-	const int bs = k_bs(kt);
+	const int bs = k_bs(KT_Q6);
 	const uint8_t *row[GR];
 	int32_t ri[GR];
 	for (int r = 0; r < GR; r++) {
@@ -773,53 +777,27 @@ INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt
 		ri[r] = (int32_t)((size_t)rr * rs);
 	}
 	const __m256i ridx = _mm256_loadu_si256((const __m256i *)ri);
-	const __m512i m15 = _mm512_set1_epi8(15);
-	__m256 acc[GEMV_TOK], accm[GEMV_TOK];
+	__m256 acc[GEMV_TOK];
 	for (int t = 0; t < nt; t++)
-		acc[t] = accm[t] = _mm256_setzero_ps();
+		acc[t] = _mm256_setzero_ps();
 	for (int64_t sb = 0; sb < nsb; sb++) {
-		__m256i isr[GEMV_TOK][GR], imr[GEMV_TOK][GR];
+		__m256i isr[GEMV_TOK][GR];
 		for (int r = 0; r < GR; r++) {
 			const uint8_t *blk = row[r] + sb * bs;
 			for (int k = 0; k < bs; k += 64)
 				_mm_prefetch((const char *)blk + GR * rs + k, _MM_HINT_T1);
 			__m512i c[4], scv[4];
-			__m256i s16;
-			if (kt != KT_Q6) {
-				s16 = _mm256_cvtepu8_epi16(k_scales(blk + 4));
-				const uint8_t *qs = blk + (kt == KT_Q4 ? 16 : 48);
-				__m512i q0 = _mm512_loadu_si512((const void *)qs), q1 = _mm512_loadu_si512((const void *)(qs + 64));
-				c[0] = _mm512_and_si512(q0, m15);
-				c[1] = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m15);
-				c[2] = _mm512_and_si512(q1, m15);
-				c[3] = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m15);
-				if (kt == KT_Q5) {
-					__m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
-					/* bit 4 of the codes: qh bits 0 2 | 1 3 | 4 6 | 5 7 (low | high half) */
-					__m512i h02 = _mm512_mask_srli_epi16(h, 0xffff0000, h, 2);
-					const __m512i b4 = _mm512_set1_epi8(16);
-					c[0] = _mm512_or_si512(c[0], _mm512_and_si512(_mm512_slli_epi16(h02, 4), b4));
-					c[1] = _mm512_or_si512(c[1], _mm512_and_si512(_mm512_slli_epi16(h02, 3), b4));
-					c[2] = _mm512_or_si512(c[2], _mm512_and_si512(h02, b4));
-					c[3] = _mm512_or_si512(c[3], _mm512_and_si512(_mm512_srli_epi16(h02, 1), b4));
-				}
-				scv[0] = scale_lanes(s16, IDX2(0, 2));
-				scv[1] = scale_lanes(s16, IDX2(1, 3));
-				scv[2] = scale_lanes(s16, IDX2(4, 6));
-				scv[3] = scale_lanes(s16, IDX2(5, 7));
-			} else {
-				s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+			const __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
 #pragma GCC unroll 4
-				for (int p = 0; p < 4; p++)
-					c[p] = u_q6_k(blk, p);
-				scv[0] = scale_lanes(s16, IDX4(0));
-				scv[1] = scale_lanes(s16, IDX4(4));
-				scv[2] = scale_lanes(s16, IDX4(8));
-				scv[3] = scale_lanes(s16, IDX4(12));
-			}
+			for (int p = 0; p < 4; p++)
+				c[p] = u_q6_k(blk, p);
+			scv[0] = scale_lanes(s16, IDX4(0));
+			scv[1] = scale_lanes(s16, IDX4(4));
+			scv[2] = scale_lanes(s16, IDX4(8));
+			scv[3] = scale_lanes(s16, IDX4(12));
 			for (int t = 0; t < nt; t++) {
 				const uint8_t *a = act + (size_t)t * L->stride;
-				const int8_t *ac = (const int8_t *)a + (kt == KT_Q6 ? 0 : L->k4) + sb * QK_K;
+				const int8_t *ac = (const int8_t *)a + sb * QK_K;
 				__m512i is0 = _mm512_setzero_si512(), is1 = _mm512_setzero_si512();
 #pragma GCC unroll 4
 				for (int k = 0; k < 4; k += 2) {
@@ -830,32 +808,21 @@ INLINE void gemvk_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int kt
 					is0 = _mm512_dpwssd_epi32(is0, D0, scv[k]);
 					is1 = _mm512_dpwssd_epi32(is1, D1, scv[k + 1]);
 				}
-				__m512i is = _mm512_add_epi32(is0, is1);
-				if (kt != KT_Q6) {
-					isr[t][r] = fold512(is);
-					imr[t][r] = _mm256_zextsi128_si256(_mm_madd_epi16(
-						_mm256_extracti128_si256(s16, 1), _mm_loadu_si128((const __m128i *)(a + L->ssum + 16 * sb))));
-				} else {
-					/* codes were stored + 32: take back 32 * sum_k scale_k * bsums_k */
-					__m256i corr = _mm256_madd_epi16(s16, _mm256_loadu_si256((const __m256i *)(a + L->bsums + 32 * sb)));
-					isr[t][r] = _mm256_sub_epi32(fold512(is), _mm256_slli_epi32(corr, 5));
-				}
+				/* codes were stored + 32: take back 32 * sum_k scale_k * bsums_k */
+				__m256i corr = _mm256_madd_epi16(s16, _mm256_loadu_si256((const __m256i *)(a + L->bsums + 32 * sb)));
+				isr[t][r] = _mm256_sub_epi32(fold512(_mm512_add_epi32(is0, is1)), _mm256_slli_epi32(corr, 5));
 			}
 		}
-		__m256i dm = gather_dm(w0, ridx, (size_t)sb * bs + (kt == KT_Q6 ? 206 : 0));
-		__m256 dw = kt == KT_Q6 ? h_hi(dm) : h_lo(dm);
+		__m256 dw = h_hi(gather_dm(w0, ridx, (size_t)sb * bs + 206));
 		for (int t = 0; t < nt; t++) {
 			const uint8_t *a = act + (size_t)t * L->stride;
 			__m256 dy = _mm256_set1_ps(((const float *)(a + L->d))[sb]);
 			acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(dy, dw), _mm256_cvtepi32_ps(tree8(isr[t]))));
-			if (kt != KT_Q6)
-				accm[t] = _mm256_add_ps(accm[t], _mm256_mul_ps(_mm256_mul_ps(dy, h_hi(dm)),
-									      _mm256_cvtepi32_ps(tree8(imr[t]))));
 		}
 	}
 	__mmask8 m = (__mmask8)((1u << nv) - 1);
 	for (int t = 0; t < nt; t++)
-		_mm256_mask_storeu_ps(y + t * ldy, m, kt == KT_Q6 ? acc[t] : _mm256_sub_ps(acc[t], accm[t]));
+		_mm256_mask_storeu_ps(y + t * ldy, m, acc[t]);
 }
 
 /* The 6-bit scales and mins of a Q4_K / Q5_K block (bytes 4-15; see
@@ -1291,7 +1258,7 @@ INLINE void rows_quant(const kern_weight *w, const void *vact, int64_t n_tok, fl
 		if (kind && kt != KT_Q6)                                                       \
 			gemvk45_tile(w0, rs, nv, nb, kt, a, &L, NT, yt, n_out);                \
 		else if (kind)                                                                 \
-			gemvk_tile(w0, rs, nv, nb, kt, a, &L, NT, yt, n_out);                  \
+			gemvq6_tile(w0, rs, nv, nb, a, &L, NT, yt, n_out);                     \
 		else                                                                           \
 			gemv32_tile(w0, rs, nv, nb, bs, U2, off, has_m, a, &L, NT, yt, n_out); \
 		break;
