@@ -1651,10 +1651,12 @@ static void run_attn(const kern_table *kt, threadpool *tp, const test_pool *P, i
 
 Test(impl, attention_vs_ref_and_invariant, .timeout = 120)
 {
-	/* head_dim with and without a 16-lane tail, GQA 1:1 to 4:1, page sizes
-	   1, 7 and 16, contexts around the 16-position chunk */
+	/* head_dim with and without a 16-lane tail (64 and 128 have their own
+	   copies in avx512.c), GQA 1:1 to 4:1, page sizes 1, 7, 16 and 32 (a
+	   multiple of 16 keeps every chunk inside one page), contexts around
+	   the 16-position chunk */
 	static const int shapes[][4] = { /* n_head, n_head_kv, hd, page_size */
-		{ 4, 4, 64, 16 }, { 8, 2, 32, 7 }, { 4, 1, 80, 16 }, { 8, 8, 8, 1 }, { 6, 3, 48, 5 },
+		{ 4, 4, 64, 16 }, { 8, 2, 32, 7 }, { 4, 1, 80, 16 }, { 8, 8, 8, 1 }, { 6, 3, 48, 5 }, { 4, 2, 128, 32 },
 	};
 	static const int dtypes[] = { QTYPE_F32, QTYPE_F16, QTYPE_BF16 };
 	static const char *const tol_names[] = { "attn_f32", "attn_f16", "attn_bf16" };

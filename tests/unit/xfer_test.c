@@ -194,7 +194,7 @@ static void pd_submit(node *p, node *d, uint64_t rid, uint64_t room, const int32
 static void assert_pages_back(node *n)
 {
 	engine_stats s;
-	for (int i = 0; i < 200; i++) {
+	for (int i = 0; i < 1000; i++) { /* 10 s: sanitizer runs on a loaded machine are slow */
 		engine_get_stats(n->e, &s);
 		if (s.running == 0 && s.waiting == 0 && s.importing == 0 && s.pages_free + s.pages_cached == s.pages_total)
 			return;
@@ -610,9 +610,11 @@ static void abort_both(xfer_backend backend)
 	engine_abort(d.e, 1);
 	pump(&d, 1, 20);
 	cr_expect_eq(d.res[1].finish, ENGINE_FINISH_ABORT, "%s", d.res[1].message);
-	/* wait until the prefill has heard of the cancellation (ROOM_FAIL) */
+	/* wait until the prefill has heard of the cancellation (ROOM_FAIL); the
+	   decode sends it once its connection is up, which under the sanitizers
+	   on a loaded 2-core machine took more than 2.5 s */
 	xfer_stats ps;
-	for (int i = 0; i < 500; i++) {
+	for (int i = 0; i < 2000; i++) {
 		xfer_get_stats(p.x, &ps);
 		if (ps.rooms_failed >= 1)
 			break;

@@ -1734,6 +1734,9 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 	const size_t es = dt == QTYPE_F32 ? 4 : 2, kvd = (size_t)a->n_head_kv * hd, qd = (size_t)a->n_head * hd;
 	const int32_t *pages = a->pages[a->seq[t0]];
 	const int ps = a->page_size;
+	/* pages of a multiple of 16 positions: every chunk lies inside one page */
+	const int one_page = ps % 16 == 0;
+	const size_t rowb = kvd * es, hoff = (size_t)g * hd * es; /* bytes per slot; the kv head's offset */
 	const int direct = dt == QTYPE_F32 && hd % 16 == 0; /* read f32 rows in place */
 	/* few rows (decode: one token, the heads of one kv group): converting
 	   each f16/bf16 K/V row where it is used costs less than staging it */
@@ -1763,34 +1766,54 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 		/* fetch the next chunk's rows while this one is computed: decode reads
 		   K/V pages that have left the caches (hides the DRAM latency) */
 		if (p0 + 16 < nmax) {
-			int pg2 = (p0 + 16) / ps, off2 = (p0 + 16) % ps;
-			for (int j = 0; j < 16 && p0 + 16 + j < nmax; j++) {
-				size_t slot = (size_t)pages[pg2] * ps + (size_t)off2;
-				if (++off2 == ps) {
-					pg2++;
-					off2 = 0;
-				}
-				const char *kr = (const char *)a->k + (slot * kvd + (size_t)g * hd) * es;
-				const char *vr = (const char *)a->v + (slot * kvd + (size_t)g * hd) * es;
-				for (size_t b = 0; b < (size_t)hd * es; b += 64) {
-					_mm_prefetch(kr + b, _MM_HINT_T0);
-					_mm_prefetch(vr + b, _MM_HINT_T0);
+			const int n2 = nmax - p0 - 16 < 16 ? nmax - p0 - 16 : 16;
+			if (one_page) {
+				const size_t s2 = (size_t)pages[(p0 + 16) / ps] * ps + (size_t)((p0 + 16) % ps);
+				const char *kr = (const char *)a->k + s2 * rowb + hoff, *vr = (const char *)a->v + s2 * rowb + hoff;
+				for (int j = 0; j < n2; j++, kr += rowb, vr += rowb)
+					for (size_t b = 0; b < (size_t)hd * es; b += 64) {
+						_mm_prefetch(kr + b, _MM_HINT_T0);
+						_mm_prefetch(vr + b, _MM_HINT_T0);
+					}
+			} else {
+				int pg2 = (p0 + 16) / ps, off2 = (p0 + 16) % ps;
+				for (int j = 0; j < n2; j++) {
+					size_t slot = (size_t)pages[pg2] * ps + (size_t)off2;
+					if (++off2 == ps) {
+						pg2++;
+						off2 = 0;
+					}
+					const char *kr = (const char *)a->k + slot * rowb + hoff;
+					const char *vr = (const char *)a->v + slot * rowb + hoff;
+					for (size_t b = 0; b < (size_t)hd * es; b += 64) {
+						_mm_prefetch(kr + b, _MM_HINT_T0);
+						_mm_prefetch(vr + b, _MM_HINT_T0);
+					}
 				}
 			}
 		}
 		int pg = p0 / ps, off = p0 % ps; /* walked forward: no division per position */
+		/* a chunk inside one page: its rows are rowb apart */
+		const size_t s0 = (size_t)pages[pg] * ps + (size_t)off;
+		const uint8_t *kb = (const uint8_t *)a->k + s0 * rowb + hoff, *vb = (const uint8_t *)a->v + s0 * rowb + hoff;
 		for (int j = 0; j < 16; j++) {
 			if (j >= npa) {
 				kp[j] = vp[j] = zero_row; /* zeros as f32, f16 and bf16 */
 				continue;
 			}
-			size_t slot = (size_t)pages[pg] * ps + (size_t)off;
-			if (++off == ps) {
-				pg++;
-				off = 0;
+			const uint8_t *kr, *vr;
+			if (one_page) {
+				kr = kb + (size_t)j * rowb;
+				vr = vb + (size_t)j * rowb;
+			} else {
+				size_t slot = (size_t)pages[pg] * ps + (size_t)off;
+				if (++off == ps) {
+					pg++;
+					off = 0;
+				}
+				kr = (const uint8_t *)a->k + slot * rowb + hoff;
+				vr = (const uint8_t *)a->v + slot * rowb + hoff;
 			}
-			const uint8_t *kr = (const uint8_t *)a->k + (slot * kvd + (size_t)g * hd) * es;
-			const uint8_t *vr = (const uint8_t *)a->v + (slot * kvd + (size_t)g * hd) * es;
 			if (direct || raw) {
 				kp[j] = kr;
 				vp[j] = vr;
@@ -1809,12 +1832,24 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 				continue;
 			const int np = nrow[i] - p0 < 16 ? nrow[i] - p0 : 16;
 			float *qi = qc + i * hdp, *ai = acc + i * hdp;
-			if (!raw)
-				attn_row(qi, ai, mr + i, lr + i, pbuf, nch, lastm, scale, kp, vp, np, 0);
-			else if (dt == QTYPE_F16)
-				attn_row(qi, ai, mr + i, lr + i, pbuf, nch, lastm, scale, kp, vp, np, QTYPE_F16);
+			/* head dimensions 64 and 128 get copies with the chunk count a
+			   constant: the per-chunk loops then carry no bound checks */
+#define ATTN_ROW(NCH)                                                                                   \
+	do {                                                                                            \
+		if (!raw)                                                                               \
+			attn_row(qi, ai, mr + i, lr + i, pbuf, NCH, lastm, scale, kp, vp, np, 0);         \
+		else if (dt == QTYPE_F16)                                                               \
+			attn_row(qi, ai, mr + i, lr + i, pbuf, NCH, lastm, scale, kp, vp, np, QTYPE_F16); \
+		else                                                                                    \
+			attn_row(qi, ai, mr + i, lr + i, pbuf, NCH, lastm, scale, kp, vp, np, QTYPE_BF16); \
+	} while (0)
+			if (nch == 4)
+				ATTN_ROW(4);
+			else if (nch == 8)
+				ATTN_ROW(8);
 			else
-				attn_row(qi, ai, mr + i, lr + i, pbuf, nch, lastm, scale, kp, vp, np, QTYPE_BF16);
+				ATTN_ROW(nch);
+#undef ATTN_ROW
 		}
 	}
 	for (int i = 0; i < R; i++) {
