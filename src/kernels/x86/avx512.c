@@ -759,6 +759,19 @@ INLINE __m512i scale_lanes(__m256i v16, __m512i idx)
 #define IDX4(base) _mm512_set_epi32((base) + 3, (base) + 3, (base) + 3, (base) + 3, (base) + 2, (base) + 2, (base) + 2, \
 				    (base) + 2, (base) + 1, (base) + 1, (base) + 1, (base) + 1, base, base, base, base)
 
+/* The row pointers of a K-quant tile (a short last tile repeats its last
+   row) and their byte offsets from w0, the gather indices of gather_dm. */
+INLINE __m256i tile_rows(const uint8_t *w0, size_t rs, int nv, const uint8_t *row[GR])
+{
+	int32_t ri[GR];
+	for (int r = 0; r < GR; r++) {
+		int rr = r < nv ? r : nv - 1;
+		row[r] = w0 + (size_t)rr * rs;
+		ri[r] = (int32_t)((size_t)rr * rs);
+	}
+	return _mm256_loadu_si256((const __m256i *)ri);
+}
+
 /* GEMV over Q6_K rows (Q4_K / Q5_K: gemvk45_tile below). The codes (stored
    + 32, so unsigned) in the natural order, 64 per vector; vpdpbusd forms the
    8-lane partial sums of each 16-element sub-block pair and vpdpwssd
@@ -770,13 +783,7 @@ INLINE void gemvq6_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, const
 {
 	const int bs = k_bs(KT_Q6);
 	const uint8_t *row[GR];
-	int32_t ri[GR];
-	for (int r = 0; r < GR; r++) {
-		int rr = r < nv ? r : nv - 1;
-		row[r] = w0 + (size_t)rr * rs;
-		ri[r] = (int32_t)((size_t)rr * rs);
-	}
-	const __m256i ridx = _mm256_loadu_si256((const __m256i *)ri);
+	const __m256i ridx = tile_rows(w0, rs, nv, row);
 	__m256 acc[GEMV_TOK];
 	for (int t = 0; t < nt; t++)
 		acc[t] = _mm256_setzero_ps();
@@ -859,13 +866,7 @@ INLINE void gemvk45_tile(const uint8_t *w0, size_t rs, int nv, int64_t nsb, int 
 {
 	const int bs = k_bs(kt);
 	const uint8_t *row[GR];
-	int32_t ri[GR];
-	for (int r = 0; r < GR; r++) {
-		int rr = r < nv ? r : nv - 1;
-		row[r] = w0 + (size_t)rr * rs;
-		ri[r] = (int32_t)((size_t)rr * rs);
-	}
-	const __m256i ridx = _mm256_loadu_si256((const __m256i *)ri);
+	const __m256i ridx = tile_rows(w0, rs, nv, row);
 	const __m512i m15 = _mm512_set1_epi8(15);
 	const __m512i ctl0 = SCTL(0, 2), ctl1 = SCTL(1, 3), ctl2 = SCTL(8, 10), ctl3 = SCTL(9, 11);
 	const __m128i ctlm = _mm_set_epi8(SB(15), SB(14), SB(13), SB(12), SB(7), SB(6), SB(5), SB(4));
