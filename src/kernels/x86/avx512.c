@@ -1718,6 +1718,27 @@ INLINE void attn_row(const float *q, float *acc, float *mr, float *lr, float *pb
 	}
 }
 
+/* Pool slots of positions p0 .. p0+n-1 (n <= 16) of a sequence: one base
+   plus j when pages hold a multiple of 16 positions (a chunk then lies
+   inside one page; the default page of 16), else a walk across pages. */
+INLINE void chunk_slots(const int32_t *pages, int ps, int p0, int n, size_t slot[16])
+{
+	int pg = p0 / ps, off = p0 % ps;
+	if (ps % 16 == 0) {
+		const size_t s0 = (size_t)pages[pg] * ps + (size_t)off;
+		for (int j = 0; j < n; j++)
+			slot[j] = s0 + (size_t)j;
+		return;
+	}
+	for (int j = 0; j < n; j++) {
+		slot[j] = (size_t)pages[pg] * ps + (size_t)off;
+		if (++off == ps) {
+			pg++;
+			off = 0;
+		}
+	}
+}
+
 /* Online softmax over chunks of 16 positions (KERN_ATTN_CHUNK). Per chunk the
    K and V rows of the kv head are converted once to f32 (zero-padded to a
    multiple of 16) for every row of the call (tokens x query heads), then
@@ -1735,8 +1756,6 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 	const size_t es = dt == QTYPE_F32 ? 4 : 2, kvd = (size_t)a->n_head_kv * hd, qd = (size_t)a->n_head * hd;
 	const int32_t *pages = a->pages[a->seq[t0]];
 	const int ps = a->page_size;
-	/* pages of a multiple of 16 positions: every chunk lies inside one page */
-	const int one_page = ps % 16 == 0;
 	const size_t rowb = kvd * es, hoff = (size_t)g * hd * es; /* bytes per slot; the kv head's offset */
 	const int direct = dt == QTYPE_F32 && hd % 16 == 0; /* read f32 rows in place */
 	/* few rows (decode: one token, the heads of one kv group): converting
@@ -1761,60 +1780,35 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 		nmax = nrow[i] > nmax ? nrow[i] : nmax;
 	}
 	const __m512 scale = _mm512_set1_ps(a->scale);
+	size_t slots[2][16]; /* pool slots of this chunk and the next */
+	chunk_slots(pages, ps, 0, nmax < 16 ? nmax : 16, slots[0]);
 	for (int p0 = 0; p0 < nmax; p0 += 16) {
 		const int npa = nmax - p0 < 16 ? nmax - p0 : 16;
 		const void *kp[16], *vp[16];
 		/* fetch the next chunk's rows while this one is computed: decode reads
-		   K/V pages that have left the caches (hides the DRAM latency) */
+		   K/V pages that have left the caches (hides the DRAM latency); its
+		   slots are this chunk's in the next round */
+		const size_t *sl = slots[(p0 / 16) & 1];
 		if (p0 + 16 < nmax) {
 			const int n2 = nmax - p0 - 16 < 16 ? nmax - p0 - 16 : 16;
-			if (one_page) {
-				const size_t s2 = (size_t)pages[(p0 + 16) / ps] * ps + (size_t)((p0 + 16) % ps);
-				const char *kr = (const char *)a->k + s2 * rowb + hoff, *vr = (const char *)a->v + s2 * rowb + hoff;
-				for (int j = 0; j < n2; j++, kr += rowb, vr += rowb)
-					for (size_t b = 0; b < (size_t)hd * es; b += 64) {
-						_mm_prefetch(kr + b, _MM_HINT_T0);
-						_mm_prefetch(vr + b, _MM_HINT_T0);
-					}
-			} else {
-				int pg2 = (p0 + 16) / ps, off2 = (p0 + 16) % ps;
-				for (int j = 0; j < n2; j++) {
-					size_t slot = (size_t)pages[pg2] * ps + (size_t)off2;
-					if (++off2 == ps) {
-						pg2++;
-						off2 = 0;
-					}
-					const char *kr = (const char *)a->k + slot * rowb + hoff;
-					const char *vr = (const char *)a->v + slot * rowb + hoff;
-					for (size_t b = 0; b < (size_t)hd * es; b += 64) {
-						_mm_prefetch(kr + b, _MM_HINT_T0);
-						_mm_prefetch(vr + b, _MM_HINT_T0);
-					}
+			size_t *s2 = slots[(p0 / 16 + 1) & 1];
+			chunk_slots(pages, ps, p0 + 16, n2, s2);
+			for (int j = 0; j < n2; j++) {
+				const char *kr = (const char *)a->k + s2[j] * rowb + hoff;
+				const char *vr = (const char *)a->v + s2[j] * rowb + hoff;
+				for (size_t b = 0; b < (size_t)hd * es; b += 64) {
+					_mm_prefetch(kr + b, _MM_HINT_T0);
+					_mm_prefetch(vr + b, _MM_HINT_T0);
 				}
 			}
 		}
-		int pg = p0 / ps, off = p0 % ps; /* walked forward: no division per position */
-		/* a chunk inside one page: its rows are rowb apart */
-		const size_t s0 = (size_t)pages[pg] * ps + (size_t)off;
-		const uint8_t *kb = (const uint8_t *)a->k + s0 * rowb + hoff, *vb = (const uint8_t *)a->v + s0 * rowb + hoff;
 		for (int j = 0; j < 16; j++) {
 			if (j >= npa) {
 				kp[j] = vp[j] = zero_row; /* zeros as f32, f16 and bf16 */
 				continue;
 			}
-			const uint8_t *kr, *vr;
-			if (one_page) {
-				kr = kb + (size_t)j * rowb;
-				vr = vb + (size_t)j * rowb;
-			} else {
-				size_t slot = (size_t)pages[pg] * ps + (size_t)off;
-				if (++off == ps) {
-					pg++;
-					off = 0;
-				}
-				kr = (const uint8_t *)a->k + slot * rowb + hoff;
-				vr = (const uint8_t *)a->v + slot * rowb + hoff;
-			}
+			const uint8_t *kr = (const uint8_t *)a->k + sl[j] * rowb + hoff;
+			const uint8_t *vr = (const uint8_t *)a->v + sl[j] * rowb + hoff;
 			if (direct || raw) {
 				kp[j] = kr;
 				vp[j] = vr;
