@@ -12,8 +12,10 @@
  *     memory); reported as GB/s of weights and GOP/s (2 n_in n_out n_tok).
  *   quantize Q8_0 / Q8_K activations, rmsnorm, swiglu, softmax, rope:
  *     elements per second (single thread).
- *   attention: one decode token over a 512-position f16 context, and a
- *     128-token prefill chunk, 12 heads of 64.
+ *   attention: one decode token over a 512-position f16 context, a
+ *     128-token prefill chunk, 12 heads of 64, and one decode step of 16
+ *     sequences at position 127 over 12 layers' pools (75 MiB, beyond the
+ *     caches, as batched decode reads them; the time is per layer).
  * Output: one line per case and implementation, with the speedup over ref.
  * Numbers are wall clock on a quiet machine; compare runs made back to back.
  */
@@ -251,8 +253,11 @@ static void bench_ops(void)
 
 /* ---- attention ------------------------------------------------------------------- */
 
+#define ATT_MAX_LAYERS 12
+
 typedef struct {
-	kern_attn a;
+	kern_attn a[ATT_MAX_LAYERS];
+	int n_layers;
 	float *work;
 	size_t wf;
 } at_arg;
@@ -260,40 +265,55 @@ typedef struct {
 static void at_fn(const kern_table *t, void *p)
 {
 	at_arg *a = p;
-	kern_attention_t(t, tp, &a->a, a->work, a->wf);
+	for (int l = 0; l < a->n_layers; l++)
+		kern_attention_t(t, tp, &a->a[l], a->work, a->wf);
 }
 
-static void bench_attn(int n_tok, int ctx, const char *what)
+/* n_seq sequences of n_tok tokens each, the last at position ctx - 1, over
+   n_layers separate K/V pools (a call per layer: 12 layers of 16 sequences
+   at ctx 128 are 75 MiB, beyond the caches, as in batched decode). The
+   time is per layer. */
+static void bench_attn(int n_seq, int n_tok, int ctx, int n_layers, const char *what)
 {
 	char name[128];
 	snprintf(name, sizeof(name), "attention 12x64 f16 %s", what);
 	if (filter && !strstr(name, filter))
 		return;
-	const int H = 12, hd = 64, ps = 16, npages = (ctx + ps - 1) / ps;
-	size_t kvn = (size_t)npages * ps * H * hd;
-	uint16_t *k = alloc_aligned(64, 2 * kvn), *v = alloc_aligned(64, 2 * kvn);
+	const int H = 12, hd = 64, ps = 16, npages = (ctx + ps - 1) / ps, nt = n_seq * n_tok;
+	size_t kvn = (size_t)n_seq * npages * ps * H * hd;
+	uint16_t *k[ATT_MAX_LAYERS], *v[ATT_MAX_LAYERS];
 	float *tmp = malloc(4 * kvn);
 	for (size_t i = 0; i < kvn; i++)
 		tmp[i] = frand();
-	kern_ref()->from_float[QTYPE_F16](tmp, k, (int64_t)kvn);
-	kern_ref()->from_float[QTYPE_F16](tmp, v, (int64_t)kvn);
+	for (int l = 0; l < n_layers; l++) {
+		k[l] = alloc_aligned(64, 2 * kvn);
+		v[l] = alloc_aligned(64, 2 * kvn);
+		kern_ref()->from_float[QTYPE_F16](tmp, k[l], (int64_t)kvn);
+		kern_ref()->from_float[QTYPE_F16](tmp, v[l], (int64_t)kvn);
+	}
 	free(tmp);
-	int32_t *pages = malloc(sizeof(int32_t) * (size_t)npages), *pos = malloc(4 * (size_t)n_tok),
-		*seq = calloc((size_t)n_tok, 4);
-	for (int i = 0; i < npages; i++)
+	int32_t *pages = malloc(sizeof(int32_t) * (size_t)(n_seq * npages)), *pos = malloc(4 * (size_t)nt),
+		*seq = malloc(4 * (size_t)nt);
+	const int32_t **pt = malloc(sizeof(*pt) * (size_t)n_seq);
+	for (int i = 0; i < n_seq * npages; i++)
 		pages[i] = i;
-	for (int t = 0; t < n_tok; t++)
-		pos[t] = ctx - n_tok + t;
-	const int32_t *pt[1] = { pages };
+	for (int s = 0; s < n_seq; s++) {
+		pt[s] = pages + (size_t)s * npages;
+		for (int t = 0; t < n_tok; t++) {
+			pos[s * n_tok + t] = ctx - n_tok + t;
+			seq[s * n_tok + t] = s;
+		}
+	}
 	at_arg a;
-	a.a = (kern_attn){ .n_tokens = n_tok, .n_head = H, .n_head_kv = H, .head_dim = hd, .kv_dtype = QTYPE_F16,
-			   .page_size = ps, .scale = 0.125f, .k = k, .v = v, .pos = pos, .seq = seq, .pages = pt };
-	float *q = alloc_aligned(64, sizeof(float) * (size_t)(n_tok * H * hd));
-	float *out = alloc_aligned(64, sizeof(float) * (size_t)(n_tok * H * hd));
-	for (int i = 0; i < n_tok * H * hd; i++)
+	float *q = alloc_aligned(64, sizeof(float) * (size_t)(nt * H * hd));
+	float *out = alloc_aligned(64, sizeof(float) * (size_t)(nt * H * hd));
+	for (int i = 0; i < nt * H * hd; i++)
 		q[i] = frand();
-	a.a.q = q;
-	a.a.out = out;
+	a.n_layers = n_layers;
+	for (int l = 0; l < n_layers; l++)
+		a.a[l] = (kern_attn){ .n_tokens = nt, .n_head = H, .n_head_kv = H, .head_dim = hd,
+				      .kv_dtype = QTYPE_F16, .page_size = ps, .scale = 0.125f, .k = k[l], .v = v[l],
+				      .pos = pos, .seq = seq, .pages = pt, .q = q, .out = out };
 	a.wf = kern_attn_work_floats(H, H, hd, ctx);
 	a.work = alloc_aligned(64, sizeof(float) * a.wf * (size_t)threadpool_size(tp));
 	double ref_s = 0;
@@ -301,7 +321,7 @@ static void bench_attn(int n_tok, int ctx, const char *what)
 		const kern_table *t = impl_at(i);
 		if (!t)
 			continue;
-		double s = timeit(at_fn, t, &a, reps);
+		double s = timeit(at_fn, t, &a, reps) / n_layers;
 		if (i == 0)
 			ref_s = s;
 		printf("%-58s %-7s %9.3f ms", name, t->name, s * 1e3);
@@ -309,12 +329,15 @@ static void bench_attn(int n_tok, int ctx, const char *what)
 			printf("  x%.1f vs ref", ref_s / s);
 		printf("\n");
 	}
-	alloc_free(k);
-	alloc_free(v);
+	for (int l = 0; l < n_layers; l++) {
+		alloc_free(k[l]);
+		alloc_free(v[l]);
+	}
 	alloc_free(q);
 	alloc_free(out);
 	alloc_free(a.work);
 	free(pages);
+	free(pt);
 	free(pos);
 	free(seq);
 }
@@ -374,8 +397,9 @@ int main(int argc, char **argv)
 			bench_matmul(types[i], 768, 2048, toks[k], "110M ffn_up");
 		}
 	bench_ops();
-	bench_attn(1, 512, "decode ctx 512");
-	bench_attn(128, 512, "prefill 128 of 512");
+	bench_attn(1, 1, 512, 1, "decode ctx 512");
+	bench_attn(1, 128, 512, 1, "prefill 128 of 512");
+	bench_attn(16, 1, 128, quick ? 1 : ATT_MAX_LAYERS, "decode 16 seqs ctx 128, 12 pools");
 	threadpool_destroy(tp);
 	return 0;
 }

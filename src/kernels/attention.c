@@ -11,8 +11,11 @@
  * tokens (prefill), units are ordered head-major (all token blocks of a
  * head, then the next head), so a thread keeps one head's K/V rows in cache
  * while it walks the tokens; when every block is one token (decode steps of
- * many sequences), token-major, so a token's pages are read row after row.
- * The list is split into contiguous ranges, one per thread.
+ * many sequences), token-major, so a token's pages are read row after row;
+ * a thread then hands its consecutive units of one token to one call (up to
+ * KERN_ATTN_MAX_ROWS heads, across kv heads), which can walk the token's
+ * K/V rows once for all of them. The list is split into contiguous ranges,
+ * one per thread.
  *
  * Each (token, head) is computed entirely by one call of kern.attn, and
  * implementations compute a (token, head) the same way whichever other rows
@@ -77,10 +80,19 @@ static void attn_part(void *p, int ith, int nth)
 	if (u0 >= u1)
 		return;
 	if (!j->head_major) { /* blocks are single tokens here: block b = token b */
-		for (int64_t u = u0; u < u1; u++) {
-			int b = (int)(u / n_head_units), r = (int)(u % n_head_units);
-			int g = r / slices, sl = r % slices;
-			int h0 = g * group + sl * hpu, h1 = h0 + hpu < (g + 1) * group ? h0 + hpu : (g + 1) * group;
+		for (int64_t u = u0; u < u1;) {
+			int b = (int)(u / n_head_units), h0 = -1, h1 = 0;
+			/* this thread's consecutive units of token b, one call for up
+			   to KERN_ATTN_MAX_ROWS heads: their K/V rows are one span of
+			   each slot */
+			for (; u < u1 && u / n_head_units == b; u++) {
+				int r = (int)(u % n_head_units), g = r / slices, sl = r % slices;
+				int s = g * group + sl * hpu, e = s + hpu < (g + 1) * group ? s + hpu : (g + 1) * group;
+				if (h0 >= 0 && e - h0 > KERN_ATTN_MAX_ROWS)
+					break;
+				h0 = h0 < 0 ? s : h0;
+				h1 = e;
+			}
 			j->t->attn(a, b, b + 1, h0, h1, work);
 		}
 		return;

@@ -91,10 +91,11 @@ typedef struct {
 	void (*rope)(float *x, int n_heads, int head_dim, int n_rot, int neox, const float *cs,
 		     const float *sn);
 	/* Paged attention of batch tokens [t0, t1), all of one sequence, for
-	   query heads [h0, h1), all in kv head group h0 / (n_head / n_head_kv)
-	   (see kern_attn); (t1 - t0) * (h1 - h0) <= KERN_ATTN_MAX_ROWS, so an
-	   implementation can convert each K/V row once for all of them. work: at
-	   least kern_attn_work_floats() floats, 64-byte aligned. */
+	   query heads [h0, h1), of one or more kv heads (head h reads kv head
+	   h / (n_head / n_head_kv); see kern_attn); (t1 - t0) * (h1 - h0) <=
+	   KERN_ATTN_MAX_ROWS, so an implementation can convert each K/V row once
+	   for all the rows of a kv head. work: at least kern_attn_work_floats()
+	   floats, 64-byte aligned. */
 	void (*attn)(const kern_attn *a, int t0, int t1, int h0, int h1, float *work);
 } kern_table;
 

@@ -1705,6 +1705,14 @@ Test(impl, attention_vs_ref_and_invariant, .timeout = 120)
 					cr_assert_eq(memcmp(one, got + t * qd, sizeof(float) * qd), 0,
 						     "%s attn: token %d alone differs", kt->name, t);
 				}
+				/* a decode step (tokens 22..25 alternate sequences): units
+				   are walked token-major, a thread's heads of one token in
+				   one call, across kv heads */
+				for (int nth = 1; nth <= 3; nth += 2) {
+					run_attn(kt, nth == 3 ? tp3 : NULL, &P, 4, pos + 22, seq + 22, q + 22 * qd, got3);
+					cr_assert_eq(memcmp(got3, got + 22 * qd, sizeof(float) * qd * 4), 0,
+						     "%s attn: decode step (%d threads) differs", kt->name, nth);
+				}
 				free(got3);
 				free(q);
 				free(want);
