@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "base/alloc.h"
 #include "base/clock.h"
@@ -101,6 +102,8 @@ static void bench_matmul(int type, int64_t n_in, int64_t n_out, int64_t n_tok, c
 		return;
 	size_t rsz = qtype_row_size(type, n_in), wbytes = rsz * (size_t)n_out;
 	uint8_t *wd = alloc_aligned(64, wbytes);
+	/* huge pages where the OS allows, as the model loader gives weights */
+	madvise((void *)((uintptr_t)wd & ~(uintptr_t)4095), wbytes, MADV_HUGEPAGE);
 	float *row = malloc(sizeof(float) * (size_t)n_in);
 	const kern_table *ref = kern_ref();
 	const qtype_info *qi = qtype_get(type);

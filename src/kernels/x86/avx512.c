@@ -80,6 +80,12 @@
 #ifndef PF_DIST
 #define PF_DIST 512 /* bytes ahead of each weight row stream the GEMV prefetches */
 #endif
+#ifndef GEMM_PF_TILES
+#define GEMM_PF_TILES 2 /* tiles ahead the GEMM prefetches weights (1: -8% on a 256 MiB Q8_0 matrix, 16 tokens) */
+#endif
+#ifndef GEMM_PF_HINT
+#define GEMM_PF_HINT _MM_HINT_T1
+#endif
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -1023,21 +1029,22 @@ INLINE void unpackk(panel *P, const uint8_t *const row[GR], size_t rs, int64_t s
 }
 
 /* One token group, one chunk of 32-element blocks: acc[r] lanes = tokens. */
-/* pf: the same chunk of the next tile's rows (prefetched into L2 while this
-   group computes, spread over its blocks), or NULL. */
+/* pf: the same chunk of a later tile's rows (prefetched into L2 while this
+   group computes, spread over its blocks), or NULL. first: the row's first
+   chunk (the sums start at 0, not from accg / accmg). */
 INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg, float *accmg, int has_m,
-			 const uint8_t *const *pf, int bs, const uint8_t *const row[GR], int64_t b0, int direct)
+			 const uint8_t *const *pf, int bs, const uint8_t *const row[GR], int64_t b0, int direct, int first)
 {
 	__m512 acc[GR];
 #pragma GCC unroll 8
 	for (int r = 0; r < GR; r++)
-		acc[r] = _mm512_load_ps(accg + 16 * r);
+		acc[r] = first ? _mm512_setzero_ps() : _mm512_load_ps(accg + 16 * r);
 	for (int bl = 0; bl < nbk; bl++) {
 		const uint8_t *B = A + (size_t)bl * BLK8;
 		if (pf)
 #pragma GCC unroll 8
 			for (int r = 0; r < GR; r++)
-				_mm_prefetch((const char *)pf[r] + (size_t)bl * bs, _MM_HINT_T1);
+				_mm_prefetch((const char *)pf[r] + (size_t)bl * bs, GEMM_PF_HINT);
 		__m512i a[8];
 #pragma GCC unroll 8
 		for (int k = 0; k < 8; k++)
@@ -1065,7 +1072,7 @@ INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg,
 		return;
 #pragma GCC unroll 8
 	for (int r = 0; r < GR; r++)
-		acc[r] = _mm512_load_ps(accmg + 16 * r);
+		acc[r] = first ? _mm512_setzero_ps() : _mm512_load_ps(accmg + 16 * r);
 	for (int bl = 0; bl < nbk; bl++) {
 		__m512 sv = _mm512_load_ps((const float *)(A + (size_t)bl * BLK8 + 576));
 #pragma GCC unroll 8
@@ -1078,7 +1085,7 @@ INLINE void gemm32_group(const panel *P, int nbk, const uint8_t *A, float *accg,
 }
 
 INLINE void gemmk_group(const panel *P, int nsbk, int kt, const uint8_t *A, float *accg, float *accmg,
-			const uint8_t *const *pf)
+			const uint8_t *const *pf, int first)
 {
 	const int nsub = kt == KT_Q6 ? 16 : 8, dws = kt == KT_Q6 ? 4 : 8, bs = k_bs(kt);
 	for (int sl = 0; sl < nsbk; sl++) {
@@ -1086,7 +1093,7 @@ INLINE void gemmk_group(const panel *P, int nsbk, int kt, const uint8_t *A, floa
 		if (pf)
 			for (int r = 0; r < GR; r++)
 				for (int k = 0; k < bs; k += 64)
-					_mm_prefetch((const char *)pf[r] + (size_t)sl * bs + k, _MM_HINT_T1);
+					_mm_prefetch((const char *)pf[r] + (size_t)sl * bs + k, GEMM_PF_HINT);
 		__m512i is[GR];
 #pragma GCC unroll 8
 		for (int r = 0; r < GR; r++)
@@ -1111,7 +1118,8 @@ INLINE void gemmk_group(const panel *P, int nsbk, int kt, const uint8_t *A, floa
 #pragma GCC unroll 8
 		for (int r = 0; r < GR; r++) {
 			__m512 v = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_set1_ps(P->d[sl][r])), _mm512_cvtepi32_ps(is[r]));
-			_mm512_store_ps(accg + 16 * r, _mm512_add_ps(_mm512_load_ps(accg + 16 * r), v));
+			__m512 s0 = first && sl == 0 ? _mm512_setzero_ps() : _mm512_load_ps(accg + 16 * r);
+			_mm512_store_ps(accg + 16 * r, _mm512_add_ps(s0, v));
 		}
 		if (kt == KT_Q6)
 			continue;
@@ -1124,7 +1132,8 @@ INLINE void gemmk_group(const panel *P, int nsbk, int kt, const uint8_t *A, floa
 			for (int i = 0; i < 4; i++)
 				im = _mm512_dpwssd_epi32(im, pr[i], _mm512_set1_epi32(P->mpair[sl][i][r]));
 			__m512 v = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_set1_ps(P->dmin[sl][r])), _mm512_cvtepi32_ps(im));
-			_mm512_store_ps(accmg + 16 * r, _mm512_add_ps(_mm512_load_ps(accmg + 16 * r), v));
+			__m512 s0 = first && sl == 0 ? _mm512_setzero_ps() : _mm512_load_ps(accmg + 16 * r);
+			_mm512_store_ps(accmg + 16 * r, _mm512_add_ps(s0, v));
 		}
 	}
 }
@@ -1204,25 +1213,23 @@ INLINE void gemm_tiles(const kern_weight *w, const uint8_t *act, int64_t n_tok, 
 			row[r] = (const uint8_t *)w->data + (size_t)(o0 + (r < nv ? r : nv - 1)) * rs;
 		for (int64_t gb0 = 0; gb0 < ng; gb0 += GB) {
 			const int ngb = ng - gb0 < GB ? (int)(ng - gb0) : GB;
-			memset(accbuf, 0, sizeof(float) * GR * 16 * (size_t)ngb);
-			memset(accmbuf, 0, sizeof(float) * GR * 16 * (size_t)ngb);
 			for (int64_t b0 = 0; b0 < nb; b0 += chunk) {
 				const int nbk = nb - b0 < chunk ? (int)(nb - b0) : (int)chunk;
 				if (kind)
 					unpackk(&P, row, rs, b0, nbk, kt);
 				else
 					unpack32(&P, row, rs, b0, nbk, bs, U, off, has_m, direct);
-				/* the next tile's chunk, prefetched during the first group */
+				/* the same chunk GEMM_PF_TILES tiles on, prefetched during the first group */
 				const uint8_t *pf[GR];
 				for (int r = 0; r < GR; r++)
-					pf[r] = row[r] + GR * rs + (size_t)b0 * (kind ? k_bs(kt) : bs);
+					pf[r] = row[r] + GEMM_PF_TILES * GR * rs + (size_t)b0 * (kind ? k_bs(kt) : bs);
 				for (int gi = 0; gi < ngb; gi++) {
 					const uint8_t *A = act + (size_t)(gb0 + gi) * gs + (size_t)b0 * (kind ? BLKK : BLK8);
 					if (kind)
-						gemmk_group(&P, nbk, kt, A, accbuf[gi][0], accmbuf[gi][0], gi ? NULL : pf);
+						gemmk_group(&P, nbk, kt, A, accbuf[gi][0], accmbuf[gi][0], gi ? NULL : pf, b0 == 0);
 					else
 						gemm32_group(&P, nbk, A, accbuf[gi][0], accmbuf[gi][0], has_m, gi ? NULL : pf, bs,
-							     row, b0, direct);
+							     row, b0, direct, b0 == 0);
 				}
 			}
 			for (int gi = 0; gi < ngb; gi++)
