@@ -54,16 +54,29 @@ static void usage(FILE *f)
 		"  --health-failure-threshold N         failed checks before a worker leaves (default 3)\n"
 		"  --health-success-threshold N         passed checks before it returns (default 2)\n"
 		"  --health-check-endpoint PATH         (default /health)\n"
-		"  --max-retries N                      attempts after the first, only before any byte reached the\n"
-		"                                       client (default 5)\n"
-		"  --retry-backoff-ms N                 first backoff, x1.5 per retry (default 50)\n"
+		"  --disable-health-check               workers take requests at once, never probed\n"
+		"  --retry-max-retries N, --max-retries N   attempts after the first, only before any byte reached\n"
+		"                                       the client (default 5)\n"
+		"  --retry-initial-backoff-ms N         first backoff (default 50; also --retry-backoff-ms)\n"
+		"  --retry-backoff-multiplier F         per retry (default 1.5)\n"
 		"  --retry-max-backoff-ms N             (default 30000)\n"
+		"  --retry-jitter-factor F              each backoff x (1 +- up to F) (default 0.2)\n"
 		"  --disable-retries\n"
 		"  --cb-failure-threshold N             request failures in a row that open a worker's breaker (default 10)\n"
+		"  --cb-window-duration-secs S          failures further apart than S are not in a row (default 120)\n"
 		"  --cb-success-threshold N             successes that close it again (default 3)\n"
 		"  --cb-timeout-duration-secs S         open this long before a trial (default 60)\n"
 		"  --disable-circuit-breaker\n"
+		"  --max-concurrent-requests N          generation requests in flight at once, streams to their end;\n"
+		"                                       the rest wait (default -1: no limit)\n"
+		"  --queue-size N                       requests that may wait for a slot (default 100; 0: none);\n"
+		"                                       beyond it: 429\n"
+		"  --queue-timeout-secs S               longest wait for a slot, then 408 (default 60)\n"
+		"  --rate-limit-tokens-per-second R     also admit at most R requests per second, in bursts of up to\n"
+		"                                       --max-concurrent-requests (default: no rate limit)\n"
 		"  --request-timeout-secs S             whole request (default 1800)\n"
+		"  --shutdown-grace-period-secs S       on SIGTERM, let requests in flight finish for up to S s\n"
+		"                                       (default 180; a second signal stops at once)\n"
 		"  --max-payload-size BYTES             request body limit (default 536870912); larger gets 413\n"
 		"  --max-header-size BYTES              request line + headers (default 65536); larger gets 431\n"
 		"  --api-key KEY                        clients must send Bearer KEY; sent to workers too\n"
@@ -73,8 +86,11 @@ static void usage(FILE *f)
 		"                                       resolved configuration, exit 0 (2 on a bad flag); binds nothing\n"
 		"  --prometheus-port N, --prometheus-host H   a second listener for /metrics (default: none;\n"
 		"                                       /metrics is on the main port anyway)\n"
-		"  accepted and ignored: --worker-startup-timeout-secs --worker-startup-check-interval\n"
-		"    --dp-aware --log-dir\n");
+		"  accepted and ignored (what they configure does not exist here; each logs a line):\n"
+		"    --worker-startup-timeout-secs --worker-startup-check-interval --worker-load-check-interval\n"
+		"    --dp-aware --log-dir --model-path --tokenizer-path --chat-template --mini-lb\n"
+		"    --bucket-adjust-interval-secs --request-id-headers --prometheus-duration-buckets\n"
+		"    --disable-tokenizer-autoload\n");
 }
 
 typedef enum { K_FLAG, K_ONE, K_MULTI, K_PREFILL } opt_kind;
@@ -83,59 +99,80 @@ enum {
 	O_HOST, O_PORT, O_WORKERS, O_PD, O_PREFILL, O_DECODE, O_PHOSTS, O_DHOSTS, O_POLICY, O_PPOLICY, O_DPOLICY,
 	O_CACHE_T, O_ABS_T, O_REL_T, O_EVICT, O_TREE, O_HC_IV, O_HC_TO, O_HC_FAIL, O_HC_OK, O_HC_EP, O_RETRIES,
 	O_BACKOFF, O_MAXBACKOFF, O_NORETRY, O_CB_FAIL, O_CB_OK, O_CB_TO, O_NOCB, O_TIMEOUT, O_PAYLOAD, O_HEADER, O_KEY, O_WKEY, O_LOG,
-	O_PROM_PORT, O_PROM_HOST, O_IGN_ONE, O_IGN_FLAG, O_HELP, O_CHECK,
+	O_PROM_PORT, O_PROM_HOST, O_IGN_ONE, O_IGN_MULTI, O_IGN_FLAG, O_HELP, O_CHECK, O_BMULT, O_JITTER, O_CB_WIN,
+	O_NOHC, O_MAXCONC, O_QSIZE, O_QTO, O_RATE, O_GRACE,
 };
 
 static const struct {
 	const char *name;
 	int id;
 	opt_kind kind;
+	const char *why; /* ignored flags: what they configure, and why it is not here */
 } OPTS[] = {
-	{ "host", O_HOST, K_ONE },
-	{ "port", O_PORT, K_ONE },
-	{ "worker-urls", O_WORKERS, K_MULTI },
-	{ "pd-disaggregation", O_PD, K_FLAG },
-	{ "prefill", O_PREFILL, K_PREFILL },
-	{ "decode", O_DECODE, K_ONE },
-	{ "prefill-hosts", O_PHOSTS, K_MULTI },
-	{ "decode-hosts", O_DHOSTS, K_MULTI },
-	{ "policy", O_POLICY, K_ONE },
-	{ "prefill-policy", O_PPOLICY, K_ONE },
-	{ "decode-policy", O_DPOLICY, K_ONE },
-	{ "cache-threshold", O_CACHE_T, K_ONE },
-	{ "balance-abs-threshold", O_ABS_T, K_ONE },
-	{ "balance-rel-threshold", O_REL_T, K_ONE },
-	{ "eviction-interval-secs", O_EVICT, K_ONE },
-	{ "eviction-interval", O_EVICT, K_ONE },
-	{ "max-tree-size", O_TREE, K_ONE },
-	{ "health-check-interval-secs", O_HC_IV, K_ONE },
-	{ "health-check-timeout-secs", O_HC_TO, K_ONE },
-	{ "health-failure-threshold", O_HC_FAIL, K_ONE },
-	{ "health-success-threshold", O_HC_OK, K_ONE },
-	{ "health-check-endpoint", O_HC_EP, K_ONE },
-	{ "max-retries", O_RETRIES, K_ONE },
-	{ "retry-backoff-ms", O_BACKOFF, K_ONE },
-	{ "retry-initial-backoff-ms", O_BACKOFF, K_ONE },
-	{ "retry-max-backoff-ms", O_MAXBACKOFF, K_ONE },
-	{ "disable-retries", O_NORETRY, K_FLAG },
-	{ "cb-failure-threshold", O_CB_FAIL, K_ONE },
-	{ "cb-success-threshold", O_CB_OK, K_ONE },
-	{ "cb-timeout-duration-secs", O_CB_TO, K_ONE },
-	{ "disable-circuit-breaker", O_NOCB, K_FLAG },
-	{ "request-timeout-secs", O_TIMEOUT, K_ONE },
-	{ "max-payload-size", O_PAYLOAD, K_ONE },
-	{ "max-header-size", O_HEADER, K_ONE },
-	{ "api-key", O_KEY, K_ONE },
-	{ "worker-api-key", O_WKEY, K_ONE },
-	{ "log-level", O_LOG, K_ONE },
-	{ "prometheus-port", O_PROM_PORT, K_ONE },
-	{ "prometheus-host", O_PROM_HOST, K_ONE },
-	{ "worker-startup-timeout-secs", O_IGN_ONE, K_ONE },
-	{ "worker-startup-check-interval", O_IGN_ONE, K_ONE },
-	{ "log-dir", O_IGN_ONE, K_ONE },
-	{ "dp-aware", O_IGN_FLAG, K_FLAG },
-	{ "help", O_HELP, K_FLAG },
-	{ "check-args", O_CHECK, K_FLAG },
+	{ "host", O_HOST, K_ONE, NULL },
+	{ "port", O_PORT, K_ONE, NULL },
+	{ "worker-urls", O_WORKERS, K_MULTI, NULL },
+	{ "pd-disaggregation", O_PD, K_FLAG, NULL },
+	{ "prefill", O_PREFILL, K_PREFILL, NULL },
+	{ "decode", O_DECODE, K_ONE, NULL },
+	{ "prefill-hosts", O_PHOSTS, K_MULTI, NULL },
+	{ "decode-hosts", O_DHOSTS, K_MULTI, NULL },
+	{ "policy", O_POLICY, K_ONE, NULL },
+	{ "prefill-policy", O_PPOLICY, K_ONE, NULL },
+	{ "decode-policy", O_DPOLICY, K_ONE, NULL },
+	{ "cache-threshold", O_CACHE_T, K_ONE, NULL },
+	{ "balance-abs-threshold", O_ABS_T, K_ONE, NULL },
+	{ "balance-rel-threshold", O_REL_T, K_ONE, NULL },
+	{ "eviction-interval-secs", O_EVICT, K_ONE, NULL },
+	{ "eviction-interval", O_EVICT, K_ONE, NULL },
+	{ "max-tree-size", O_TREE, K_ONE, NULL },
+	{ "health-check-interval-secs", O_HC_IV, K_ONE, NULL },
+	{ "health-check-timeout-secs", O_HC_TO, K_ONE, NULL },
+	{ "health-failure-threshold", O_HC_FAIL, K_ONE, NULL },
+	{ "health-success-threshold", O_HC_OK, K_ONE, NULL },
+	{ "health-check-endpoint", O_HC_EP, K_ONE, NULL },
+	{ "max-retries", O_RETRIES, K_ONE, NULL },
+	{ "retry-max-retries", O_RETRIES, K_ONE, NULL },
+	{ "retry-backoff-multiplier", O_BMULT, K_ONE, NULL },
+	{ "retry-jitter-factor", O_JITTER, K_ONE, NULL },
+	{ "cb-window-duration-secs", O_CB_WIN, K_ONE, NULL },
+	{ "disable-health-check", O_NOHC, K_FLAG, NULL },
+	{ "max-concurrent-requests", O_MAXCONC, K_ONE, NULL },
+	{ "queue-size", O_QSIZE, K_ONE, NULL },
+	{ "queue-timeout-secs", O_QTO, K_ONE, NULL },
+	{ "rate-limit-tokens-per-second", O_RATE, K_ONE, NULL },
+	{ "shutdown-grace-period-secs", O_GRACE, K_ONE, NULL },
+	{ "retry-backoff-ms", O_BACKOFF, K_ONE, NULL },
+	{ "retry-initial-backoff-ms", O_BACKOFF, K_ONE, NULL },
+	{ "retry-max-backoff-ms", O_MAXBACKOFF, K_ONE, NULL },
+	{ "disable-retries", O_NORETRY, K_FLAG, NULL },
+	{ "cb-failure-threshold", O_CB_FAIL, K_ONE, NULL },
+	{ "cb-success-threshold", O_CB_OK, K_ONE, NULL },
+	{ "cb-timeout-duration-secs", O_CB_TO, K_ONE, NULL },
+	{ "disable-circuit-breaker", O_NOCB, K_FLAG, NULL },
+	{ "request-timeout-secs", O_TIMEOUT, K_ONE, NULL },
+	{ "max-payload-size", O_PAYLOAD, K_ONE, NULL },
+	{ "max-header-size", O_HEADER, K_ONE, NULL },
+	{ "api-key", O_KEY, K_ONE, NULL },
+	{ "worker-api-key", O_WKEY, K_ONE, NULL },
+	{ "log-level", O_LOG, K_ONE, NULL },
+	{ "prometheus-port", O_PROM_PORT, K_ONE, NULL },
+	{ "prometheus-host", O_PROM_HOST, K_ONE, NULL },
+	{ "worker-startup-timeout-secs", O_IGN_ONE, K_ONE, "workers join when their health check passes" },
+	{ "worker-startup-check-interval", O_IGN_ONE, K_ONE, "workers join when their health check passes" },
+	{ "worker-load-check-interval", O_IGN_ONE, K_ONE, "loads are polled when a load-aware policy needs them" },
+	{ "log-dir", O_IGN_ONE, K_ONE, "logs go to stderr" },
+	{ "model-path", O_IGN_ONE, K_ONE, "the router forwards text; workers tokenize" },
+	{ "tokenizer-path", O_IGN_ONE, K_ONE, "the router forwards text; workers tokenize" },
+	{ "chat-template", O_IGN_ONE, K_ONE, "workers apply their chat template" },
+	{ "bucket-adjust-interval-secs", O_IGN_ONE, K_ONE, "there is no bucket policy" },
+	{ "request-id-headers", O_IGN_MULTI, K_MULTI, "request ids are the router's own" },
+	{ "prometheus-duration-buckets", O_IGN_MULTI, K_MULTI, "the histograms have fixed buckets" },
+	{ "dp-aware", O_IGN_FLAG, K_FLAG, "no DP-aware routing: a worker's --dp ranks share its port" },
+	{ "mini-lb", O_IGN_FLAG, K_FLAG, "this router is the only one" },
+	{ "disable-tokenizer-autoload", O_IGN_FLAG, K_FLAG, "the router loads no tokenizer" },
+	{ "help", O_HELP, K_FLAG, NULL },
+	{ "check-args", O_CHECK, K_FLAG, NULL },
 };
 
 typedef struct {
@@ -330,6 +367,30 @@ static int parse_args(int argc, char **argv, rt_opts *o)
 			c->retry_max_backoff_ms = (int)n;
 			break;
 		case O_NORETRY: c->max_retries = 0; break;
+		case O_BMULT:
+			if (cmd_parse_float(v, 1, 100, &d)) bad = "--retry-backoff-multiplier";
+			c->retry_backoff_multiplier = d;
+			break;
+		case O_JITTER: if (cmd_parse_float(v, 0, 1, &d)) bad = "--retry-jitter-factor"; c->retry_jitter = d; break;
+		case O_CB_WIN:
+			if (cmd_parse_float(v, 0, 1e7, &d)) bad = "--cb-window-duration-secs";
+			c->wpolicy.cb_window_s = d;
+			break;
+		case O_NOHC: c->health_check_disabled = true; break;
+		case O_MAXCONC:
+			if (cmd_parse_int(v, -1, 1 << 24, &n)) bad = "--max-concurrent-requests";
+			c->max_concurrent = (int)n;
+			break;
+		case O_QSIZE: if (cmd_parse_int(v, 0, 1 << 24, &n)) bad = "--queue-size"; c->queue_size = (int)n; break;
+		case O_QTO: if (cmd_parse_float(v, 0, 1e7, &d)) bad = "--queue-timeout-secs"; c->queue_timeout_s = d; break;
+		case O_RATE:
+			if (cmd_parse_float(v, 0, 1e9, &d)) bad = "--rate-limit-tokens-per-second";
+			c->rate_limit_per_s = d;
+			break;
+		case O_GRACE:
+			if (cmd_parse_float(v, 0, 1e7, &d)) bad = "--shutdown-grace-period-secs";
+			c->shutdown_grace_s = d;
+			break;
 		case O_CB_FAIL:
 			if (cmd_parse_int(v, 1, 1 << 20, &n)) bad = "--cb-failure-threshold";
 			c->wpolicy.cb_failure_threshold = (int)n;
@@ -353,8 +414,13 @@ static int parse_args(int argc, char **argv, rt_opts *o)
 			break;
 		case O_PROM_PORT: if (cmd_parse_int(v, 1, 65535, &n)) bad = "--prometheus-port"; c->prometheus_port = (int)n; break;
 		case O_PROM_HOST: c->prometheus_host = v; break;
-		case O_IGN_ONE: LOGI("router", "--%s %s: ignored (workers join when their health check passes)", name, v); break;
-		case O_IGN_FLAG: LOGI("router", "--%s: ignored", name); break;
+		case O_IGN_ONE: LOGI("router", "--%s %s: ignored (%s)", name, v, OPTS[k].why); break;
+		case O_IGN_MULTI:
+			while (v && !eq && i + 1 < argc && !is_flag(argv[i + 1]))
+				i++;
+			LOGI("router", "--%s: ignored (%s)", name, OPTS[k].why);
+			break;
+		case O_IGN_FLAG: LOGI("router", "--%s: ignored (%s)", name, OPTS[k].why); break;
 		case O_HELP: usage(stdout); return 1;
 		case O_CHECK: o->check_args = true; break;
 		}
@@ -413,8 +479,21 @@ static int check_resolved(const rt_opts *o)
 	printf("health_check_timeout_secs %g\n", c->health_timeout_s);
 	printf("health_failure_threshold %d\n", c->wpolicy.failure_threshold);
 	printf("health_success_threshold %d\n", c->wpolicy.success_threshold);
+	printf("health_checks %s\n", c->health_check_disabled ? "disabled" : "enabled");
 	printf("max_retries %d\n", c->max_retries);
+	printf("retry_backoff_ms %d x%g up to %d, jitter %g\n", c->retry_backoff_ms, c->retry_backoff_multiplier,
+	       c->retry_max_backoff_ms, c->retry_jitter);
 	printf("circuit_breaker %s\n", c->wpolicy.cb_disabled ? "disabled" : "enabled");
+	if (c->max_concurrent > 0) {
+		printf("max_concurrent_requests %d\n", c->max_concurrent);
+		printf("queue_size %d\n", c->queue_size);
+		printf("queue_timeout_secs %g\n", c->queue_timeout_s);
+		if (c->rate_limit_per_s > 0)
+			printf("rate_limit_tokens_per_second %g\n", c->rate_limit_per_s);
+	} else {
+		printf("max_concurrent_requests none\n");
+	}
+	printf("shutdown_grace_period_secs %g\n", c->shutdown_grace_s);
 	printf("request_timeout_secs %g\n", c->request_timeout_s);
 	printf("max_payload_size %zu\n", c->max_payload);
 	printf("api_key_set %s\n", c->api_key && *c->api_key ? "true" : "false");

@@ -58,7 +58,16 @@
  * probed after 100 ms, doubling per failure up to 3.2 s (they join fast,
  * and a dead URL is not hammered), others every health interval; a
  * probe that passes health_timeout_s fails. A request that cannot connect
- * to a worker schedules a probe of it right away.
+ * to a worker schedules a probe of it right away. With
+ * --disable-health-check workers are HEALTHY from the start and only their
+ * /get_server_info is polled (role, load, bootstrap port).
+ *
+ * Admission (--max-concurrent-requests, --queue-size, --queue-timeout-secs,
+ * --rate-limit-tokens-per-second): see the state machine above adm_admit.
+ * Shutdown: a first SIGTERM/SIGINT with requests in flight closes the
+ * listener and lets them finish for --shutdown-grace-period-secs (new
+ * requests on open connections get 503); the last one ending, the grace
+ * period, or a second signal ends the loop.
  *
  * Left out: TLS, the SGLang router's service discovery, DP-aware routing,
  * more than 64 workers of one kind per pick (the rest are not considered),
@@ -152,6 +161,7 @@ typedef struct {
 	uint64_t rejected_body, rejected_header; /* over --max-payload-size / --max-header-size */
 	uint64_t rejected_read;      /* a body over twice the limit: libevent's own 413 */
 	uint64_t rejected_malformed; /* libevent's own 400: bad HTTP, headers over twice the limit */
+	uint64_t rejected_queue_full, queue_timeouts, queued, rejected_draining;
 	histo ttft, e2e;
 } rmetrics;
 
@@ -223,6 +233,11 @@ struct rreq {
 	char fail_ctype[128];
 	bool fail_overload;
 	char id[24];
+	/* admission (--max-concurrent-requests) */
+	bool admitted;             /* holds a slot until rq_free */
+	bool queued;               /* in the wait queue */
+	rreq *wprev, *wnext;
+	struct event *queue_ev;    /* --queue-timeout-secs */
 };
 
 typedef struct {
@@ -270,6 +285,14 @@ struct router {
 	int port;
 	int64_t started_ns, next_evict;
 	char auth_line[320];       /* "Authorization: Bearer KEY\r\n" when --api-key, else "" */
+	/* admission: slots in use, the FIFO of waiters, the rate bucket */
+	int adm_inflight, n_waiting;
+	rreq *wait_head, *wait_tail;
+	double adm_tokens;
+	int64_t adm_refill_ns;
+	struct event *admit_ev;    /* admits waiters: activated when a slot frees, or a timer for a rate token */
+	bool draining;             /* SIGTERM seen: listener closed, waiting for requests in flight */
+	struct event *grace_ev;
 	rmetrics m;
 };
 
@@ -659,6 +682,8 @@ int router_add_worker(router *r, worker_type type, const char *url, int bootstra
 	w->url = u;
 	w->bootstrap_port = type == WORKER_PREFILL ? bootstrap_port : ROUTER_BOOTSTRAP_NONE;
 	worker_state_init(&w->st);
+	if (r->cfg.health_check_disabled)
+		w->st.health = WORKER_HEALTHY; /* taken on trust; the circuit breaker still applies */
 	w->pool = upstream_pool_create(r->base, r->dns, u.host, u.port, r->cfg.max_idle_per_worker,
 				       r->cfg.health_timeout_s);
 	if (!w->pool) {
@@ -816,12 +841,16 @@ static const upstream_cbs INFO_CBS = { info_head, info_body, info_done, info_err
 static void probe_start(router *r, rworker *w, int64_t now)
 {
 	const char *auth = r->auth_line;
-	w->probe_status = 0;
-	w->probe_t0 = now;
-	w->probe = upstream_start(w->pool, "GET", r->cfg.health_endpoint, auth, NULL, 0, &PROBE_CBS, w);
-	if (!w->probe) {
+	if (r->cfg.health_check_disabled) { /* --disable-health-check: only the /get_server_info polls */
 		w->next_probe = now + (int64_t)(r->cfg.health_interval_s * 1e9);
-		return;
+	} else {
+		w->probe_status = 0;
+		w->probe_t0 = now;
+		w->probe = upstream_start(w->pool, "GET", r->cfg.health_endpoint, auth, NULL, 0, &PROBE_CBS, w);
+		if (!w->probe) {
+			w->next_probe = now + (int64_t)(r->cfg.health_interval_s * 1e9);
+			return;
+		}
 	}
 	bool want_info = !w->role_checked || needs_load(r, w->type) ||
 			 (w->type == WORKER_PREFILL && w->bootstrap_port == ROUTER_BOOTSTRAP_DISCOVER);
@@ -1012,9 +1041,20 @@ static void leg_cancel(leg *l)
 	}
 }
 
+static void wait_unlink(rreq *q);
+
 static void rq_free(rreq *q)
 {
 	router *r = q->r;
+	if (q->queued)
+		wait_unlink(q);
+	if (q->queue_ev)
+		event_free(q->queue_ev);
+	if (q->admitted) {
+		r->adm_inflight--;
+		if (r->wait_head)
+			event_active(r->admit_ev, EV_READ, 0); /* not from here: see on_admit */
+	}
 	if (q->prev)
 		q->prev->next = q->next;
 	else if (r->reqs == q)
@@ -1039,6 +1079,10 @@ static void rq_free(rreq *q)
 	alloc_free(q->base);
 	alloc_free(q->text);
 	alloc_free(q);
+	if (r->draining && !r->n_reqs) {
+		LOGI("router", "no request in flight: shutting down");
+		event_base_loopexit(r->base, NULL);
+	}
 }
 
 static void rq_maybe_free(rreq *q)
@@ -1242,11 +1286,15 @@ static void rq_reply_failure(rreq *q)
 	}
 }
 
-static double backoff_s(const router *r, int attempt)
+static double backoff_s(router *r, int attempt)
 {
-	double ms = r->cfg.retry_backoff_ms * pow(1.5, attempt > 0 ? attempt - 1 : 0);
+	double ms = r->cfg.retry_backoff_ms * pow(r->cfg.retry_backoff_multiplier, attempt > 0 ? attempt - 1 : 0);
 	if (r->cfg.retry_max_backoff_ms > 0 && ms > r->cfg.retry_max_backoff_ms)
 		ms = r->cfg.retry_max_backoff_ms;
+	if (r->cfg.retry_jitter > 0) { /* spreads the retries of requests that failed together */
+		double u = (double)(rng_next(r) >> 11) * 0x1p-53;
+		ms *= 1 + r->cfg.retry_jitter * (2 * u - 1);
+	}
 	return ms * 1e-3;
 }
 
@@ -1606,8 +1654,152 @@ static bool wants_text(router *r)
 			   r->cfg.policy.policy == BALANCE_CACHE_AWARE;
 }
 
+/* ---------------------------------------------------------------- admission */
+
+/* Generation requests under --max-concurrent-requests (off when <= 0):
+ *
+ *   handle_gen --a slot free (and a rate token), nobody waiting--> ADMITTED --rq_free--> slot back
+ *        |                                                            ^
+ *        +-- queue not full --> WAITING (FIFO) --on_admit: a slot-----+   (attempt_start)
+ *        |                         |  +-- queue_timeout_s --> 408
+ *        |                         +-- client left / --request-timeout-secs --> unlinked, freed
+ *        +-- queue full (or --queue-size 0) --> 429
+ *
+ * A slot is held for the request's whole life (a streamed reply to its
+ * end; a prefill leg still draining). Waiters are admitted by on_admit, an
+ * event activated when a slot frees, never from inside rq_free: a waiter
+ * that fails at once in attempt_start frees its slot without re-entering
+ * the queue walk. With --rate-limit-tokens-per-second R, an admission also
+ * takes a token from a bucket of max_concurrent tokens refilled at R per
+ * second, and on_admit runs as a timer when the next token is due. */
+
+static bool adm_enabled(const router *r)
+{
+	return r->cfg.max_concurrent > 0;
+}
+
+static struct timeval tv_of(double s)
+{
+	if (s < 0)
+		s = 0;
+	return (struct timeval){ .tv_sec = (time_t)s, .tv_usec = (suseconds_t)((s - floor(s)) * 1e6) };
+}
+
+/* Take a slot (and a rate token) if there is one. */
+static bool adm_take(router *r)
+{
+	if (r->adm_inflight >= r->cfg.max_concurrent)
+		return false;
+	if (r->cfg.rate_limit_per_s > 0) {
+		int64_t now = clock_now_ns();
+		r->adm_tokens += (double)(now - r->adm_refill_ns) * 1e-9 * r->cfg.rate_limit_per_s;
+		if (r->adm_tokens > r->cfg.max_concurrent)
+			r->adm_tokens = r->cfg.max_concurrent;
+		r->adm_refill_ns = now;
+		if (r->adm_tokens < 1)
+			return false;
+		r->adm_tokens -= 1;
+	}
+	r->adm_inflight++;
+	return true;
+}
+
+static void wait_unlink(rreq *q)
+{
+	router *r = q->r;
+	if (q->wprev)
+		q->wprev->wnext = q->wnext;
+	else
+		r->wait_head = q->wnext;
+	if (q->wnext)
+		q->wnext->wprev = q->wprev;
+	else
+		r->wait_tail = q->wprev;
+	q->wprev = q->wnext = NULL;
+	q->queued = false;
+	r->n_waiting--;
+	if (q->queue_ev)
+		event_del(q->queue_ev);
+}
+
+static void on_admit(evutil_socket_t fd, short what, void *arg)
+{
+	router *r = arg;
+	while (r->wait_head && adm_take(r)) {
+		rreq *q = r->wait_head;
+		wait_unlink(q);
+		q->admitted = true;
+		LOGD("router", "%s %s: admitted after %.3f s in the queue", ROUTE_NAMES[q->route], q->id,
+		     (double)(clock_now_ns() - q->t_start) * 1e-9);
+		attempt_start(q);
+	}
+	/* a free slot but no token yet: come back when one is due */
+	if (r->wait_head && r->adm_inflight < r->cfg.max_concurrent && r->cfg.rate_limit_per_s > 0) {
+		struct timeval tv = tv_of((1 - r->adm_tokens) / r->cfg.rate_limit_per_s);
+		evtimer_add(r->admit_ev, &tv);
+	}
+}
+
+static void on_queue_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	rreq *q = arg;
+	router *r = q->r;
+	wait_unlink(q);
+	r->m.queue_timeouts++;
+	rq_reply_error(q, 408, "no free slot within %g s (--queue-timeout-secs): %d requests in flight "
+		       "(--max-concurrent-requests %d)", r->cfg.queue_timeout_s, r->adm_inflight, r->cfg.max_concurrent);
+	rq_maybe_free(q);
+}
+
+/* true: q may start now (it holds a slot, or there is no limit); false: q
+   waits in the queue, or was answered (429, out of memory). */
+static bool adm_admit(rreq *q)
+{
+	router *r = q->r;
+	if (!adm_enabled(r))
+		return true;
+	if (!r->wait_head && adm_take(r)) {
+		q->admitted = true;
+		return true;
+	}
+	if (r->n_waiting >= r->cfg.queue_size) {
+		r->m.rejected_queue_full++;
+		rq_reply_error(q, 429, "too many requests: %d in flight (--max-concurrent-requests %d) and %d waiting "
+			       "(--queue-size %d)", r->adm_inflight, r->cfg.max_concurrent, r->n_waiting, r->cfg.queue_size);
+		rq_maybe_free(q);
+		return false;
+	}
+	if (!q->queue_ev && !(q->queue_ev = evtimer_new(r->base, on_queue_timeout, q))) {
+		rq_reply_error(q, 500, "out of memory");
+		rq_maybe_free(q);
+		return false;
+	}
+	q->wprev = r->wait_tail;
+	if (r->wait_tail)
+		r->wait_tail->wnext = q;
+	else
+		r->wait_head = q;
+	r->wait_tail = q;
+	q->queued = true;
+	r->n_waiting++;
+	r->m.queued++;
+	struct timeval tv = tv_of(r->cfg.queue_timeout_s);
+	evtimer_add(q->queue_ev, &tv);
+	LOGD("router", "%s %s: waiting for a slot (%d in flight, %d waiting)", ROUTE_NAMES[q->route], q->id,
+	     r->adm_inflight, r->n_waiting);
+	/* a slot may be free while the rate bucket is empty: see that on_admit runs */
+	if (r->adm_inflight < r->cfg.max_concurrent && !evtimer_pending(r->admit_ev, NULL))
+		event_active(r->admit_ev, EV_READ, 0);
+	return false;
+}
+
 static void handle_gen(router *r, struct evhttp_request *req, route_id route, const char *body, size_t len)
 {
+	if (r->draining) {
+		reply_error(r, req, route, 503, "the router is shutting down (SIGTERM)");
+		r->m.rejected_draining++;
+		return;
+	}
 	rreq *q = rq_new(r, req, route);
 	if (!q) {
 		reply_error(r, req, route, 500, "out of memory");
@@ -1626,7 +1818,8 @@ static void handle_gen(router *r, struct evhttp_request *req, route_id route, co
 		json_object_put(o);
 	}
 	watch_client(r->base, req, &q->closed_ev, on_rq_conn_close, on_rq_closed, q);
-	attempt_start(q);
+	if (adm_admit(q))
+		attempt_start(q);
 }
 
 static void handle_health_generate(router *r, struct evhttp_request *req)
@@ -2140,6 +2333,19 @@ static void handle_metrics(router *r, struct evhttp_request *req)
 			    (unsigned long long)r->m.rejected_read);
 	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"malformed_http\"} %llu\n",
 			    (unsigned long long)r->m.rejected_malformed);
+	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"queue_full\"} %llu\n",
+			    (unsigned long long)r->m.rejected_queue_full);
+	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"queue_timeout\"} %llu\n",
+			    (unsigned long long)r->m.queue_timeouts);
+	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"shutting_down\"} %llu\n",
+			    (unsigned long long)r->m.rejected_draining);
+	metric_line(b, "pdserve:router_admission_in_flight", "gauge",
+		    "Generation requests holding a --max-concurrent-requests slot.");
+	evbuffer_add_printf(b, "pdserve:router_admission_in_flight %d\n", r->adm_inflight);
+	metric_line(b, "pdserve:router_admission_queue_depth", "gauge", "Generation requests waiting for a slot.");
+	evbuffer_add_printf(b, "pdserve:router_admission_queue_depth %d\n", r->n_waiting);
+	metric_line(b, "pdserve:router_admission_queued_total", "counter", "Generation requests that waited for a slot.");
+	evbuffer_add_printf(b, "pdserve:router_admission_queued_total %llu\n", (unsigned long long)r->m.queued);
 	metric_line(b, "pdserve:router_timeouts_total", "counter", "Requests past --request-timeout-secs.");
 	evbuffer_add_printf(b, "pdserve:router_timeouts_total %llu\n", (unsigned long long)r->m.timeouts);
 	metric_line(b, "sgl_router_cache_hits_total", "counter", "cache_aware picks above the cache threshold.");
@@ -2373,10 +2579,17 @@ router_config router_config_default(void)
 			     .success_threshold = 2,
 			     .cb_failure_threshold = 10,
 			     .cb_success_threshold = 3,
-			     .cb_timeout_s = 60 },
+			     .cb_timeout_s = 60,
+			     .cb_window_s = 120 },
 		.max_retries = 5,
 		.retry_backoff_ms = 50,
 		.retry_max_backoff_ms = 30000,
+		.retry_backoff_multiplier = 1.5,
+		.retry_jitter = 0.2,
+		.max_concurrent = -1,
+		.queue_size = 100,
+		.queue_timeout_s = 60,
+		.shutdown_grace_s = 180,
 		.request_timeout_s = 1800,
 		.max_payload = (size_t)512 << 20,
 		.eviction_interval_s = 120,
@@ -2384,10 +2597,34 @@ router_config router_config_default(void)
 	};
 }
 
+static void on_grace(evutil_socket_t fd, short what, void *arg)
+{
+	router *r = arg;
+	LOGW("router", "--shutdown-grace-period-secs %g passed: shutting down with %d requests in flight",
+	     r->cfg.shutdown_grace_s, r->n_reqs);
+	event_base_loopexit(r->base, NULL);
+}
+
+/* A first signal with requests in flight drains (see router_run); a second
+   signal, router_stop, or a signal with nothing in flight ends the loop. */
 static void on_stop(evutil_socket_t fd, short what, void *arg)
 {
 	router *r = arg;
-	if (fd == SIGINT || fd == SIGTERM)
+	bool sig = what & EV_SIGNAL;
+	if (sig && !r->draining && r->n_reqs > 0 && r->cfg.shutdown_grace_s > 0 &&
+	    (r->grace_ev = evtimer_new(r->base, on_grace, r))) {
+		r->draining = true;
+		if (r->sock) {
+			evhttp_del_accept_socket(r->http, r->sock); /* no new connections */
+			r->sock = NULL;
+		}
+		struct timeval tv = tv_of(r->cfg.shutdown_grace_s);
+		evtimer_add(r->grace_ev, &tv);
+		LOGI("router", "signal %d: draining %d requests in flight for up to %g s (--shutdown-grace-period-secs; "
+		     "a second signal stops at once)", (int)fd, r->n_reqs, r->cfg.shutdown_grace_s);
+		return;
+	}
+	if (sig)
 		LOGI("router", "signal %d: shutting down", (int)fd);
 	event_base_loopexit(r->base, NULL);
 }
@@ -2431,6 +2668,12 @@ router *router_create(const router_config *cfg, char err[ERR_LEN])
 		r->cfg.max_idle_per_worker = 64;
 	if (r->cfg.max_retries < 0)
 		r->cfg.max_retries = 0;
+	if (r->cfg.retry_backoff_multiplier <= 0)
+		r->cfg.retry_backoff_multiplier = 1.5;
+	if (r->cfg.queue_size < 0)
+		r->cfg.queue_size = 0;
+	r->adm_tokens = r->cfg.max_concurrent > 0 ? r->cfg.max_concurrent : 0;
+	r->adm_refill_ns = clock_now_ns();
 	for (int k = 0; k < 2; k++) {
 		const char *key = k ? cfg->worker_api_key : cfg->api_key;
 		if (key && *key && (strlen(key) > 256 || strpbrk(key, "\r\n"))) {
@@ -2451,6 +2694,7 @@ router *router_create(const router_config *cfg, char err[ERR_LEN])
 	if (!(r->base = event_base_new()) || !(r->http = evhttp_new(r->base)) || !(r->scratch = evbuffer_new()) ||
 	    !(r->tick_ev = event_new(r->base, -1, EV_PERSIST, on_tick, r)) ||
 	    !(r->stop_ev = event_new(r->base, -1, 0, on_stop, r)) ||
+	    !(r->admit_ev = event_new(r->base, -1, 0, on_admit, r)) ||
 	    !(r->bal_regular = balance_create(&r->cfg.policy, rng_next(r))) ||
 	    !(r->bal_prefill = balance_create(&r->cfg.prefill_policy, rng_next(r))) ||
 	    !(r->bal_decode = balance_create(&r->cfg.decode_policy, rng_next(r)))) {
@@ -2561,6 +2805,10 @@ void router_destroy(router *r)
 		event_free(r->tick_ev);
 	if (r->stop_ev)
 		event_free(r->stop_ev);
+	if (r->admit_ev)
+		event_free(r->admit_ev);
+	if (r->grace_ev)
+		event_free(r->grace_ev);
 	if (r->scratch)
 		evbuffer_free(r->scratch);
 	balance_destroy(r->bal_regular);

@@ -49,8 +49,17 @@ typedef struct {
 	const char *health_endpoint;  /* NULL = "/health" */
 	worker_policy wpolicy;        /* health thresholds and circuit breaker */
 	int max_retries;              /* attempts after the first (default 5; 0 = none) */
-	int retry_backoff_ms;         /* before attempt k: backoff * 1.5^(k-1), capped by retry_max_backoff_ms */
-	int retry_max_backoff_ms;
+	int retry_backoff_ms;         /* before attempt k: backoff * multiplier^(k-1), capped by retry_max_backoff_ms, */
+	int retry_max_backoff_ms;     /* then times 1 + a uniform draw in [-jitter, jitter] */
+	double retry_backoff_multiplier; /* default 1.5 */
+	double retry_jitter;          /* default 0.2; 0 = exact backoffs */
+	bool health_check_disabled;   /* workers take requests at once and are never probed */
+	/* admission of generation requests (chat, completions, generate) */
+	int max_concurrent;           /* in flight at once, reply streamed to the end; <= 0 = no limit (default) */
+	int queue_size;               /* waiting for a slot beyond those (default 100); full: 429 */
+	double queue_timeout_s;       /* longest wait for a slot (default 60); then 408 */
+	double rate_limit_per_s;      /* admissions per second, in bursts of up to max_concurrent; 0 = none */
+	double shutdown_grace_s;      /* SIGTERM: stop accepting, let requests in flight finish this long (default 180) */
 	double request_timeout_s;     /* whole request (default 1800) */
 	size_t max_payload;           /* request body bytes (default 512 MiB); larger: 413 */
 	size_t max_header_size;       /* request line + headers (default 64 KiB); larger: 431 */
@@ -81,7 +90,10 @@ int router_add_worker(router *r, worker_type type, const char *url, int bootstra
 /* The bound port. */
 int router_port(const router *r);
 
-/* Serve until SIGINT/SIGTERM or router_stop. 0, or ERR_IO. */
+/* Serve until SIGINT/SIGTERM or router_stop. A first SIGTERM/SIGINT with
+   requests in flight closes the listener and waits up to shutdown_grace_s
+   for them (new requests on open connections get 503); a second one, or
+   router_stop, ends at once. 0, or ERR_IO. */
 int router_run(router *r);
 
 /* Make router_run return. Any thread. */

@@ -107,7 +107,11 @@ bool worker_state_request(worker_state *s, const worker_policy *p, bool ok, int6
 			s->cb = WORKER_CB_CLOSED;
 	} else {
 		s->cb_ok_streak = 0;
+		/* a streak whose last failure is older than the window starts over */
+		if (p->cb_window_s > 0 && s->cb_fail_streak && (double)(now_ns - s->cb_last_fail_ns) * 1e-9 > p->cb_window_s)
+			s->cb_fail_streak = 0;
 		s->cb_fail_streak++;
+		s->cb_last_fail_ns = now_ns;
 		if (s->cb == WORKER_CB_HALF_OPEN ||
 		    (s->cb == WORKER_CB_CLOSED && s->cb_fail_streak >= at_least_1(p->cb_failure_threshold))) {
 			s->cb = WORKER_CB_OPEN;

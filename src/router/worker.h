@@ -22,6 +22,7 @@
  * a failure, anything the worker answered below 500 as a success):
  *
  *          cb_failure_threshold failures in a row       cb_timeout_s passed
+ *          (none more than cb_window_s after the last)
  *   CLOSED ------------------------------------> OPEN -------------------> HALF_OPEN
  *     ^                                           ^                          |  |
  *     |                                           +------ any failure -------+  |
@@ -57,6 +58,7 @@ typedef struct {
 	int cb_failure_threshold; /* request failures in a row that open the breaker (>= 1) */
 	int cb_success_threshold; /* successes in HALF_OPEN that close it (>= 1) */
 	double cb_timeout_s;      /* OPEN this long, then HALF_OPEN */
+	double cb_window_s;       /* failures further apart than this are not "in a row" (0 = no window) */
 } worker_policy;
 
 typedef struct {
@@ -64,7 +66,7 @@ typedef struct {
 	int ok_streak, fail_streak;     /* probes */
 	worker_cb cb;
 	int cb_fail_streak, cb_ok_streak;
-	int64_t cb_opened_ns;
+	int64_t cb_opened_ns, cb_last_fail_ns;
 } worker_state;
 
 void worker_state_init(worker_state *s);

@@ -259,6 +259,20 @@ mutate "bad backend from the environment" deploy/docker-compose.pd.yml 's/^name:
 "$BIN" router --pd-disaggregation --prefill http://10.0.0.1:30000 8998 --decode http://10.0.0.1:30001 \
 	--host 0.0.0.0 --port 8000 --check-args >"$T/s.out" 2>"$T/s.err" || { cat "$T/s.err" >&2; fail "seed router"; }
 grep -qx "worker prefill http://10.0.0.1:30000 bootstrap 8998" "$T/s.out" || fail "seed router: $(cat "$T/s.out")"
+# the reliability and admission flags of SGLang's router guides (as sglang_router.launch_router spells them)
+"$BIN" router --pd-disaggregation --prefill http://10.0.0.1:30000 8998 --decode http://10.0.0.1:30001 \
+	--model-path /models/m --tokenizer-path /models/m --disable-tokenizer-autoload \
+	--max-concurrent-requests 64 --queue-size 32 --queue-timeout-secs 30 --rate-limit-tokens-per-second 20 \
+	--retry-max-retries 2 --retry-initial-backoff-ms 100 --retry-max-backoff-ms 5000 --retry-backoff-multiplier 2 \
+	--retry-jitter-factor 0.1 --cb-failure-threshold 5 --cb-window-duration-secs 60 --cb-timeout-duration-secs 30 \
+	--shutdown-grace-period-secs 30 --disable-health-check --request-id-headers x-request-id x-trace-id \
+	--check-args >"$T/s.out" 2>"$T/s.err" || { cat "$T/s.err" >&2; fail "router with SGLang's reliability flags"; }
+for want in "max_concurrent_requests 64" "queue_size 32" "queue_timeout_secs 30" "rate_limit_tokens_per_second 20" \
+	"max_retries 2" "retry_backoff_ms 100 x2 up to 5000, jitter 0.1" "health_checks disabled" \
+	"shutdown_grace_period_secs 30"; do
+	grep -qx "$want" "$T/s.out" || fail "router flags: no '$want' in: $(cat "$T/s.out")"
+done
+grep -q "model-path /models/m: ignored" "$T/s.err" || fail "an ignored router flag says nothing: $(cat "$T/s.err")"
 
 # 4. --check-args starts nothing: a held port and a missing model are the real start's business
 python3 -c 'import socket, sys, time

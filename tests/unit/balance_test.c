@@ -275,6 +275,21 @@ Test(worker, circuit_breaker)
 	cr_expect_eq(s.cb, WORKER_CB_CLOSED);
 }
 
+Test(worker, circuit_breaker_window)
+{
+	worker_state s;
+	worker_state_init(&s);
+	worker_state_probe(&s, &POL, true);
+	const int64_t S = 1000000000;
+	worker_policy w = POL; /* 2 failures in a row open it */
+	w.cb_window_s = 1;
+	worker_state_request(&s, &w, false, 0);
+	cr_expect(!worker_state_request(&s, &w, false, 2 * S), "failures 2 s apart with a 1 s window are not in a row");
+	cr_expect_eq(s.cb, WORKER_CB_CLOSED);
+	cr_expect(worker_state_request(&s, &w, false, 2 * S + S / 2), "two within the window open it");
+	cr_expect_eq(s.cb, WORKER_CB_OPEN);
+}
+
 Test(worker, recovery_closes_the_breaker)
 {
 	worker_state s;

@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -522,7 +523,8 @@ static void *rt_main(void *p)
 
 static int http_get_status(int port, const char *path);
 
-static void rt_start(rt *t, fake **prefills, int np, fake **decodes, int nd)
+/* tweak: changes to the test configuration, or NULL */
+static void rt_start_with(rt *t, fake **prefills, int np, fake **decodes, int nd, void (*tweak)(router_config *))
 {
 	log_set_level(LOG_ERROR);
 	router_config c = router_config_default();
@@ -533,6 +535,8 @@ static void rt_start(rt *t, fake **prefills, int np, fake **decodes, int nd)
 	c.health_timeout_s = 1;
 	c.retry_backoff_ms = 1;
 	c.seed = 12345;
+	if (tweak)
+		tweak(&c);
 	char err[ERR_LEN], url[64];
 	t->r = router_create(&c, err);
 	cr_assert(t->r, "%s", err);
@@ -550,6 +554,11 @@ static void rt_start(rt *t, fake **prefills, int np, fake **decodes, int nd)
 		usleep(10000);
 	if (!np || !nd)
 		usleep(300000); /* /health never passes: let the probes run */
+}
+
+static void rt_start(rt *t, fake **prefills, int np, fake **decodes, int nd)
+{
+	rt_start_with(t, prefills, np, decodes, nd, NULL);
 }
 
 static void rt_stop(rt *t)
@@ -751,4 +760,147 @@ Test(router_live, no_healthy_decode_is_a_clear_503, .timeout = 20)
 	cr_expect_eq(http_get_status(t.port, "/health"), 503);
 	rt_stop(&t);
 	fake_stop(&p);
+}
+
+/* ---------------------------------------------------------------- admission and shutdown */
+
+static void one_slot_one_waiter(router_config *c)
+{
+	c->max_concurrent = 1;
+	c->queue_size = 1;
+	c->queue_timeout_s = 0.5;
+}
+
+static int status_of(const char *resp)
+{
+	int st = 0;
+	sscanf(resp, "HTTP/1.1 %d", &st);
+	return st;
+}
+
+Test(router_live, admission_queues_then_rejects, .timeout = 20)
+{
+	fake p, d;
+	fake_start(&p, "prefill", FK_OK);
+	fake_start(&d, "decode", FK_HANG); /* each stream holds its slot until its client leaves */
+	fake *ps[] = { &p }, *ds[] = { &d };
+	rt t;
+	rt_start_with(&t, ps, 1, ds, 1, one_slot_one_waiter);
+	char buf[8192];
+	int c1 = post(t.port, "/v1/chat/completions", STREAM_BODY);
+	read_until(c1, buf, sizeof(buf), "data: {\"i\":0}");
+	cr_assert(strstr(buf, "data: {\"i\":0}"), "the first request streams: %s", buf);
+	/* the second waits for the slot, the third finds the queue full */
+	int64_t t0 = clock_now_ns();
+	int c2 = post(t.port, "/v1/chat/completions", STREAM_BODY);
+	usleep(100000);
+	int c3 = post(t.port, "/v1/chat/completions", STREAM_BODY);
+	read_until(c3, buf, sizeof(buf), "}}");
+	cr_expect_eq(status_of(buf), 429, "%s", buf);
+	cr_expect(strstr(buf, "--max-concurrent-requests 1") && strstr(buf, "--queue-size 1"), "%s", buf);
+	close(c3);
+	read_until(c2, buf, sizeof(buf), "}}");
+	int64_t waited = clock_now_ns() - t0;
+	cr_expect_eq(status_of(buf), 408, "%s", buf);
+	cr_expect(strstr(buf, "--queue-timeout-secs"), "%s", buf);
+	cr_expect(waited > 450 * 1000000LL && waited < 3000 * 1000000LL, "408 after %.0f ms", waited * 1e-6);
+	close(c2);
+	cr_expect_eq(atomic_load(&d.gen_requests), 1, "only the admitted request reached the decode");
+	/* the slot comes back when the stream's client leaves */
+	close(c1);
+	int c4 = -1;
+	for (int i = 0; i < 50; i++) {
+		c4 = post(t.port, "/v1/chat/completions", STREAM_BODY);
+		read_until(c4, buf, sizeof(buf), "\r\n\r\n");
+		if (status_of(buf) == 200)
+			break;
+		close(c4);
+		c4 = -1;
+		usleep(20000);
+	}
+	cr_assert(c4 >= 0, "no slot after the first client left: %s", buf);
+	close(c4);
+	rt_stop(&t);
+	fake_stop(&p);
+	fake_stop(&d);
+}
+
+static void one_slot_long_queue(router_config *c)
+{
+	c->max_concurrent = 1;
+	c->queue_size = 4;
+	c->queue_timeout_s = 10;
+}
+
+Test(router_live, a_waiting_request_starts_when_the_slot_frees, .timeout = 20)
+{
+	fake p, d;
+	fake_start(&p, "prefill", FK_OK);
+	fake_start(&d, "decode", FK_HANG);
+	fake *ps[] = { &p }, *ds[] = { &d };
+	rt t;
+	rt_start_with(&t, ps, 1, ds, 1, one_slot_long_queue);
+	char buf[8192];
+	int c1 = post(t.port, "/v1/chat/completions", STREAM_BODY);
+	read_until(c1, buf, sizeof(buf), "data: {\"i\":0}");
+	cr_assert(strstr(buf, "data: {\"i\":0}"), "%s", buf);
+	int c2 = post(t.port, "/v1/chat/completions", STREAM_BODY);
+	int c3 = post(t.port, "/v1/chat/completions", STREAM_BODY);
+	usleep(200000);
+	cr_expect_eq(atomic_load(&d.gen_requests), 1, "the waiters did not start");
+	/* a waiter that leaves gives up its place; the other gets the slot */
+	close(c2);
+	usleep(100000);
+	int64_t t0 = clock_now_ns();
+	close(c1);
+	read_until(c3, buf, sizeof(buf), "data: {\"i\":0}");
+	cr_expect(strstr(buf, "data: {\"i\":0}"), "the waiter streams once the slot frees: %s", buf);
+	cr_expect_lt(clock_now_ns() - t0, 2000 * 1000000LL);
+	cr_expect_eq(atomic_load(&d.gen_requests), 2, "the waiter that left never started");
+	close(c3);
+	rt_stop(&t);
+	fake_stop(&p);
+	fake_stop(&d);
+}
+
+static void grace_5s(router_config *c)
+{
+	c->shutdown_grace_s = 5;
+}
+
+Test(router_live, sigterm_lets_streams_finish_then_exits, .timeout = 20)
+{
+	fake p, d;
+	fake_start(&p, "prefill", FK_OK);
+	fake_start(&d, "decode", FK_HANG);
+	fake *ps[] = { &p }, *ds[] = { &d };
+	rt t;
+	rt_start_with(&t, ps, 1, ds, 1, grace_5s);
+	char buf[8192];
+	int c1 = post(t.port, "/v1/chat/completions", STREAM_BODY);
+	read_until(c1, buf, sizeof(buf), "data: {\"i\":0}");
+	cr_assert(strstr(buf, "data: {\"i\":0}"), "%s", buf);
+	kill(getpid(), SIGTERM); /* the router's loop handles it (libevent signal event) */
+	/* the listener closes; the stream stays */
+	bool refused = false;
+	for (int i = 0; i < 100 && !refused; i++) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)t.port),
+					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		refused = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno == ECONNREFUSED;
+		close(fd);
+		if (!refused)
+			usleep(10000);
+	}
+	cr_expect(refused, "the router still accepts connections while draining");
+	struct pollfd pf = { .fd = c1, .events = POLLIN | POLLRDHUP };
+	cr_expect_eq(poll(&pf, 1, 300), 0, "the stream in flight was cut");
+	/* its client leaving is the last request ending: the loop returns */
+	int64_t t0 = clock_now_ns();
+	close(c1);
+	pthread_join(t.th, NULL);
+	cr_expect_lt(clock_now_ns() - t0, 2000 * 1000000LL, "waited for the grace period with nothing in flight");
+	router_destroy(t.r);
+	fake_stop(&p);
+	fake_stop(&d);
 }
