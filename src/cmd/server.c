@@ -89,9 +89,20 @@ static void usage(FILE *f)
 		"                                 exit 0 (2 on a bad flag); starts nothing, loads no model\n"
 		"  --disaggregation-secret S           cluster secret: bootstrap/transfer peers must prove it\n"
 		"                                      (default $PDSERVE_DISAGGREGATION_SECRET; docs/SECURITY.md)\n"
-		"  accepted and ignored: --trust-remote-code --disable-cuda-graph --dtype --enable-metrics\n"
-		"    --log-requests --skip-server-warmup --random-seed --device --base-gpu-id --attention-backend\n"
-		"    --sampling-backend --cuda-graph-max-bs --tokenizer-path --tokenizer-mode\n");
+		"  accepted and ignored (GPU, multi-node and tuning knobs; each logs a line):\n"
+		"    --trust-remote-code --disable-cuda-graph --dtype --enable-metrics --log-requests\n"
+		"    --skip-server-warmup --random-seed --device --base-gpu-id --attention-backend --sampling-backend\n"
+		"    --cuda-graph-max-bs --tokenizer-path --tokenizer-mode --watchdog-timeout --decode-log-interval\n"
+		"    --stream-interval --load-balance-method --schedule-conservativeness --torch-compile-max-bs\n"
+		"    --moe-dense-tp-size --disaggregation-decode-tp --disaggregation-decode-dp\n"
+		"    --disaggregation-prefill-pp --crash-dump-folder --file-storage-path --mm-attention-backend\n"
+		"    --grammar-backend --model-impl --load-format --revision --download-dir --enable-dp-attention\n"
+		"    --enable-dp-lm-head --disable-custom-all-reduce --prefill-round-robin-balance\n"
+		"    --enable-hierarchical-cache --enable-mixed-chunk --enable-two-batch-overlap --enable-cache-report\n"
+		"    --show-time-cost --enable-tokenizer-batch-encode\n"
+		"  refused with the reason: --reasoning-parser --tool-call-parser --speculative-algorithm\n"
+		"    --quantization --json-model-override-args --preferred-sampling-params --is-embedding\n"
+		"    --skip-tokenizer-init --allow-auto-truncate\n");
 }
 
 typedef struct {
@@ -111,8 +122,33 @@ enum {
 	O_MODEL = 256, O_HOST, O_PORT, O_SERVED, O_THREADS, O_CTX, O_PAGE, O_MEMF, O_MAXTOT, O_MAXRUN, O_MAXQ,
 	O_MAXPRE, O_CHUNK, O_POLICY, O_NORADIX, O_KV, O_TMPL, O_KEY, O_BODY, O_LOG, O_TP, O_DP, O_DISAGG,
 	O_IGN_ARG, O_IGN_FLAG, O_BACKEND, O_BOOTPORT, O_IBDEV, O_RESERVED, O_DIST, O_NNODES, O_NODERANK, O_CHECK,
-	O_SECRET, O_HEADER, O_MAXPROMPT, O_MAXNEW, O_MAXN, O_MAXSTOP, O_IDLE,
+	O_SECRET, O_HEADER, O_MAXPROMPT, O_MAXNEW, O_MAXN, O_MAXSTOP, O_IDLE, O_UNSUP_ARG, O_UNSUP_FLAG,
 };
+
+/* SGLang flags for features pdserve does not have, whose absence would
+   change what a client gets: refused (exit 2) with the reason, instead of
+   getopt's "unrecognized option", so the operator learns what to drop. */
+static const struct {
+	const char *name, *why;
+} UNSUPPORTED[] = {
+	{ "reasoning-parser", "no reasoning_content split: the model's text is returned as it is" },
+	{ "tool-call-parser", "no tool-call parsing: tool calls stay in the message text" },
+	{ "speculative-algorithm", "no speculative decoding" },
+	{ "is-embedding", "no embedding endpoint: this server generates text" },
+	{ "skip-tokenizer-init", "the server always tokenizes (input_ids are accepted on /generate anyway)" },
+	{ "quantization", "weights run in the GGUF file's own types; quantize the file instead (llama-quantize)" },
+	{ "json-model-override-args", "the model's hyperparameters come from the GGUF file" },
+	{ "preferred-sampling-params", "no server-side sampling defaults: send them per request" },
+	{ "allow-auto-truncate", "prompts over the context length are refused with a 400, never truncated" },
+};
+
+static const char *unsupported_why(const char *name)
+{
+	for (size_t i = 0; i < sizeof(UNSUPPORTED) / sizeof(UNSUPPORTED[0]); i++)
+		if (!strcmp(name, UNSUPPORTED[i].name))
+			return UNSUPPORTED[i].why;
+	return "not supported";
+}
 
 static int parse_args(int argc, char **argv, srv_opts *o)
 {
@@ -177,6 +213,44 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		{ "skip-server-warmup", no_argument, 0, O_IGN_FLAG },
 		{ "enable-torch-compile", no_argument, 0, O_IGN_FLAG },
 		{ "disable-overlap-schedule", no_argument, 0, O_IGN_FLAG },
+		{ "watchdog-timeout", required_argument, 0, O_IGN_ARG },
+		{ "decode-log-interval", required_argument, 0, O_IGN_ARG },
+		{ "stream-interval", required_argument, 0, O_IGN_ARG },
+		{ "load-balance-method", required_argument, 0, O_IGN_ARG },
+		{ "schedule-conservativeness", required_argument, 0, O_IGN_ARG },
+		{ "torch-compile-max-bs", required_argument, 0, O_IGN_ARG },
+		{ "moe-dense-tp-size", required_argument, 0, O_IGN_ARG },
+		{ "disaggregation-decode-tp", required_argument, 0, O_IGN_ARG },
+		{ "disaggregation-decode-dp", required_argument, 0, O_IGN_ARG },
+		{ "disaggregation-prefill-pp", required_argument, 0, O_IGN_ARG },
+		{ "crash-dump-folder", required_argument, 0, O_IGN_ARG },
+		{ "file-storage-path", required_argument, 0, O_IGN_ARG },
+		{ "mm-attention-backend", required_argument, 0, O_IGN_ARG },
+		{ "grammar-backend", required_argument, 0, O_IGN_ARG },
+		{ "model-impl", required_argument, 0, O_IGN_ARG },
+		{ "load-format", required_argument, 0, O_IGN_ARG },
+		{ "revision", required_argument, 0, O_IGN_ARG },
+		{ "download-dir", required_argument, 0, O_IGN_ARG },
+		{ "enable-dp-attention", no_argument, 0, O_IGN_FLAG },
+		{ "enable-dp-lm-head", no_argument, 0, O_IGN_FLAG },
+		{ "disable-custom-all-reduce", no_argument, 0, O_IGN_FLAG },
+		{ "prefill-round-robin-balance", no_argument, 0, O_IGN_FLAG },
+		{ "enable-hierarchical-cache", no_argument, 0, O_IGN_FLAG },
+		{ "enable-mixed-chunk", no_argument, 0, O_IGN_FLAG },
+		{ "enable-two-batch-overlap", no_argument, 0, O_IGN_FLAG },
+		{ "enable-cache-report", no_argument, 0, O_IGN_FLAG },
+		{ "show-time-cost", no_argument, 0, O_IGN_FLAG },
+		{ "enable-tokenizer-batch-encode", no_argument, 0, O_IGN_FLAG },
+		/* features that would change answers: refused with the reason */
+		{ "reasoning-parser", required_argument, 0, O_UNSUP_ARG },
+		{ "tool-call-parser", required_argument, 0, O_UNSUP_ARG },
+		{ "speculative-algorithm", required_argument, 0, O_UNSUP_ARG },
+		{ "quantization", required_argument, 0, O_UNSUP_ARG },
+		{ "json-model-override-args", required_argument, 0, O_UNSUP_ARG },
+		{ "preferred-sampling-params", required_argument, 0, O_UNSUP_ARG },
+		{ "is-embedding", no_argument, 0, O_UNSUP_FLAG },
+		{ "skip-tokenizer-init", no_argument, 0, O_UNSUP_FLAG },
+		{ "allow-auto-truncate", no_argument, 0, O_UNSUP_FLAG },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -243,6 +317,10 @@ static int parse_args(int argc, char **argv, srv_opts *o)
 		case O_CHECK: o->check_args = 1; break;
 		case O_IGN_ARG: LOGI("server", "--%s %s: ignored (no meaning in this CPU build)", name, optarg); break;
 		case O_IGN_FLAG: LOGI("server", "--%s: ignored (no meaning in this CPU build)", name); break;
+		case O_UNSUP_ARG:
+		case O_UNSUP_FLAG:
+			fprintf(stderr, "pdserve server: --%s is not supported: %s\n", name, unsupported_why(name));
+			return 2;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}

@@ -273,6 +273,16 @@ for want in "max_concurrent_requests 64" "queue_size 32" "queue_timeout_secs 30"
 	grep -qx "$want" "$T/s.out" || fail "router flags: no '$want' in: $(cat "$T/s.out")"
 done
 grep -q "model-path /models/m: ignored" "$T/s.err" || fail "an ignored router flag says nothing: $(cat "$T/s.err")"
+# GPU and tuning knobs of SGLang's PD guides run (logged); features that would change answers are refused with why
+"$BIN" server --model-path /models/m.gguf --disaggregation-mode prefill --trust-remote-code --watchdog-timeout 1000000 \
+	--decode-log-interval 1 --enable-dp-attention --disaggregation-decode-tp 1 --disaggregation-decode-dp 1 \
+	--load-balance-method round_robin --disable-custom-all-reduce --check-args >/dev/null 2>"$T/s.err" ||
+	{ cat "$T/s.err" >&2; fail "server with SGLang's GPU knobs"; }
+grep -q "watchdog-timeout 1000000: ignored" "$T/s.err" || fail "an ignored server flag says nothing: $(cat "$T/s.err")"
+if "$BIN" server --model-path /models/m.gguf --reasoning-parser qwen3 --check-args >/dev/null 2>"$T/s.err"; then
+	fail "server took --reasoning-parser"
+fi
+grep -q "reasoning-parser is not supported: no reasoning_content" "$T/s.err" || fail "refusal without a reason: $(cat "$T/s.err")"
 
 # 4. --check-args starts nothing: a held port and a missing model are the real start's business
 python3 -c 'import socket, sys, time
