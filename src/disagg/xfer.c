@@ -25,6 +25,8 @@
  *     --kv_import + connection ready: ROOM_DEST--> WaitingForInput
  *     --first KV bytes--> Transferring --AUX with every page in: engine_import_done--> Success
  *   any state --prefill gone, ROOM_FAIL, timeout, bad frame--> Failed: engine_import_fail
+ *   Bootstrapping --request ended before kv_import (aborted while queued for
+ *     pages: kv_import with no pages, or xfer_forget): C_FORGET, room dropped
  *   client abort (kv_import_cancel): tcp -> Failed at once (this thread is the
  *     only writer of the pages); shm -> Cancelling until ROOM_FAIL_ACK (or the
  *     prefill process is gone), because the prefill writes into our pool.
@@ -1881,9 +1883,14 @@ static void do_cmd(xfer *x, cmd *cm)
 		break;
 	}
 	case C_FORGET: {
+		/* the engine refused the request, or it ended (aborted) before it had
+		   pages: no ROOM_DEST went out, so the prefill never writes this room */
 		room *r = room_by_rid(x, cm->rid);
-		if (r)
+		if (r) {
+			LOGI(TAG, "room %llu (%s): request %llu ended before it had KV pages; room dropped",
+			     (unsigned long long)r->room, rstate_name(r->st), (unsigned long long)r->rid);
 			room_free(x, r);
+		}
 		break;
 	}
 	}
@@ -2404,8 +2411,21 @@ void xfer_on_export(void *arg, const engine_kv_export *ex)
 void xfer_on_import(void *arg, uint64_t rid, void *user, const int32_t *pages, int n_pages)
 {
 	xfer *x = arg;
+	if (!n_pages) {
+		/* the request ended before the engine reserved its pages: drop its room */
+		cmd *cm = alloc_zeroed(1, sizeof(*cm));
+		if (!cm) {
+			LOGE(TAG, "out of memory dropping the room of rid %llu (it goes at its bootstrap timeout)",
+			     (unsigned long long)rid);
+			return;
+		}
+		cm->kind = C_FORGET;
+		cm->rid = rid;
+		queue_cmd(x, cm);
+		return;
+	}
 	cmd *cm = alloc_zeroed(1, sizeof(*cm));
-	int32_t *p = alloc_array((size_t)(n_pages ? n_pages : 1), sizeof(int32_t));
+	int32_t *p = alloc_array((size_t)n_pages, sizeof(int32_t));
 	if (!cm || !p) {
 		alloc_free(cm);
 		alloc_free(p);

@@ -392,6 +392,12 @@ static void finish(engine *e, req *r, engine_finish why, int32_t token, const sa
 		r->export_closed = true;
 		e->cfg.kv_export(e->cfg.pd_arg, &x);
 	}
+	if (r->pd == ENGINE_PD_IMPORT && !r->admitted_once && e->cfg.kv_import) {
+		/* ended while waiting for pages (an abort, a refusal): kv_import never
+		   ran, so without this the transfer layer would keep its room (and
+		   its connection) until the bootstrap timeout */
+		e->cfg.kv_import(e->cfg.pd_arg, r->rid, r->user, NULL, 0);
+	}
 	engine_event ev;
 	event_for(r, &ev);
 	ev.finish = why;

@@ -80,7 +80,11 @@ typedef struct {
 	void *notify_arg;
 	/* Disaggregation hooks, called on the scheduler thread (must not block). */
 	void (*kv_export)(void *arg, const engine_kv_export *x);
-	/* IMPORT request admitted: its pages are reserved (valid during the call). */
+	/* IMPORT request admitted: its pages are reserved (valid during the call).
+	   Also called once with pages NULL and n_pages 0 when an IMPORT request
+	   ends before it was ever admitted (aborted, failed or refused while it
+	   waited for pages): nothing was reserved and nothing is owed back; the
+	   transfer layer forgets its room. */
 	void (*kv_import)(void *arg, uint64_t rid, void *user, const int32_t *pages, int n_pages);
 	/* IMPORT request aborted while its KV is in flight: stop writing into its
 	   pages, then call engine_import_fail() (the pages stay reserved till then). */

@@ -437,6 +437,7 @@ typedef struct {
 	int exports[MAXR];
 	int64_t bytes;
 	int cancelled[MAXR];
+	int unadmitted[MAXR]; /* kv_import with no pages: ended before it was admitted */
 } pd_link;
 
 static pd_link link_;
@@ -445,6 +446,12 @@ static void on_import(void *arg, uint64_t rid, void *user, const int32_t *pages,
 {
 	pd_link *l = arg;
 	pthread_mutex_lock(&l->mu);
+	if (!n) {
+		cr_assert_null(pages);
+		l->unadmitted[rid]++;
+		pthread_mutex_unlock(&l->mu);
+		return;
+	}
 	memcpy(l->d_pages[rid], pages, sizeof(int32_t) * (size_t)n);
 	l->d_npages[rid] = n;
 	l->imported[rid] = 1;
@@ -606,6 +613,50 @@ Test(engine_pd, import_abort_waits_for_cancel)
 	pump(&d, 2, NULL);
 	cr_expect_eq(d.res[1].finish, ENGINE_FINISH_ERROR);
 	cr_expect(strstr(d.res[1].message, "disconnected"), "%s", d.res[1].message);
+	assert_stats_idle(d.e);
+	harness_close(&d);
+}
+
+/* An IMPORT request aborted while it waits for pages (here for a running
+   slot: max_running 1, another one importing) still tells the transfer
+   layer, with a kv_import of no pages, so that its room goes at once. */
+Test(engine_pd, import_aborted_while_queued_tells_the_transfer)
+{
+	memset(&link_, 0, sizeof(link_));
+	pthread_mutex_init(&link_.mu, NULL);
+	harness d;
+	engine_config cd = base_config(stories());
+	cd.kv_import = on_import;
+	cd.kv_import_cancel = on_cancel;
+	cd.pd_arg = &link_;
+	cd.max_running = 1;
+	harness_open(&d, &cd);
+	link_.d = d.e;
+	int32_t p[40];
+	make_prompt(10, 40, p);
+	engine_request r = { .rid = 4, .prompt = p, .n_prompt = 40, .max_new_tokens = 10, .pd = ENGINE_PD_IMPORT };
+	r.sampling = sampler_params_default();
+	char err[ERR_LEN];
+	cr_assert_eq(engine_submit(d.e, &r, err), 0, "%s", err);
+	r.rid = 5;
+	cr_assert_eq(engine_submit(d.e, &r, err), 0, "%s", err);
+	engine_stats s;
+	for (int i = 0; i < 500; i++) {
+		engine_get_stats(d.e, &s);
+		if (link_.imported[4] && s.waiting == 1)
+			break;
+		nanosleep(&(struct timespec){ 0, 5 * 1000000 }, NULL);
+	}
+	cr_assert(link_.imported[4] && s.waiting == 1, "want rid 4 importing, rid 5 waiting (waiting %d)", s.waiting);
+	engine_abort(d.e, 5);
+	pump(&d, 1, NULL);
+	cr_expect_eq(d.res[5].finish, ENGINE_FINISH_ABORT);
+	cr_expect_eq(link_.unadmitted[5], 1, "the transfer layer was not told (its room would wait for its timeout)");
+	cr_expect_eq(link_.imported[5], 0);
+	cr_expect_eq(link_.unadmitted[4], 0);
+	engine_import_fail(d.e, 4, "done with it");
+	pump(&d, 2, NULL);
+	cr_expect_eq(link_.unadmitted[4], 0, "an admitted request is not reported as unadmitted");
 	assert_stats_idle(d.e);
 	harness_close(&d);
 }

@@ -71,6 +71,8 @@ typedef struct {
 	double hb;
 	int bootstrap_port;
 	const char *secret; /* --disaggregation-secret */
+	int max_running;    /* 0: the engine's default */
+	double timeout;     /* bootstrap and waiting timeouts; 0: 5 s */
 } node_opts;
 
 static void node_open(node *n, const char *model, const node_opts *o)
@@ -86,12 +88,16 @@ static void node_open(node *n, const char *model, const node_opts *o)
 	c.kv_dtype = o->kv_dtype ? o->kv_dtype : QTYPE_F32;
 	c.page_size = o->page_size ? o->page_size : 16;
 	c.chunked_prefill_size = 32;
+	if (o->max_running)
+		c.max_running = o->max_running;
 	c.notify = wake;
 	c.notify_arg = n;
 	if ((int)o->role >= 0) {
 		xfer_config xc = { .role = o->role, .backend = o->backend, .host = "127.0.0.1",
 				   .bootstrap_port = o->bootstrap_port, .heartbeat_interval = o->hb ? o->hb : 0.2,
-				   .heartbeat_max_failure = 2, .bootstrap_timeout = 5, .waiting_timeout = 5,
+				   .heartbeat_max_failure = 2,
+				   .bootstrap_timeout = o->timeout ? o->timeout : 5,
+				   .waiting_timeout = o->timeout ? o->timeout : 5,
 				   .secret = o->secret };
 		n->x = xfer_create(&xc, err);
 		cr_assert(n->x, "xfer_create: %s", err);
@@ -645,6 +651,76 @@ static void abort_both(xfer_backend backend)
 	node_close(&p);
 }
 
+static int rooms_live(node *n)
+{
+	xfer_stats s;
+	xfer_get_stats(n->x, &s);
+	return s.rooms_live;
+}
+
+/* Wait (up to 10 s: sanitizer runs on a loaded machine are slow) until n has
+   want rooms; returns how many it has. */
+static int wait_rooms(node *n, int want)
+{
+	for (int i = 0; i < 1000 && rooms_live(n) != want; i++)
+		nanosleep(&(struct timespec){ 0, 10000000 }, NULL);
+	return rooms_live(n);
+}
+
+/* A decode request aborted while it still waits for pages (max_running 1,
+   another request importing): its room goes with it, not at the bootstrap
+   timeout (30 s here, as is the waiting timeout of the one importing). The router killed under load left such rooms behind
+   for the whole timeout (tests/faults/router.sh: "rooms_live 1" with no
+   pages used). */
+static void abort_queued(xfer_backend backend)
+{
+	const char *model = stories();
+	node p, d;
+	node_opts op = { .role = XFER_PREFILL, .backend = backend, .timeout = 30 };
+	node_opts od = { .role = XFER_DECODE, .backend = backend, .timeout = 30, .max_running = 1 };
+	node_open(&p, model, &op);
+	node_open(&d, model, &od);
+	char err[ERR_LEN];
+	int32_t pr[40];
+	make_prompt(5, 40, pr);
+	int port = xfer_bootstrap_port(p.x);
+	/* rid 1 is admitted and waits for its KV (the prefill never gets its HTTP half) */
+	engine_request rd = req(1, pr, 40, 5);
+	rd.pd = ENGINE_PD_IMPORT;
+	rd.reserve_tokens = 16;
+	cr_assert_eq(xfer_decode_add(d.x, 21, 1, "127.0.0.1", port, 40, err), 0, "%s", err);
+	cr_assert_eq(engine_submit(d.e, &rd, err), 0, "%s", err);
+	/* rid 2 queues behind it for a running slot */
+	rd.rid = 2;
+	cr_assert_eq(xfer_decode_add(d.x, 22, 2, "127.0.0.1", port, 40, err), 0, "%s", err);
+	cr_assert_eq(engine_submit(d.e, &rd, err), 0, "%s", err);
+	engine_stats s;
+	for (int i = 0; i < 1000; i++) {
+		engine_get_stats(d.e, &s);
+		if (s.importing == 1 && s.waiting == 1 && rooms_live(&d) == 2)
+			break;
+		nanosleep(&(struct timespec){ 0, 10000000 }, NULL);
+	}
+	cr_assert(s.importing == 1 && s.waiting == 1, "want one importing, one waiting: %d, %d", s.importing,
+		  s.waiting);
+	cr_assert_eq(rooms_live(&d), 2);
+
+	engine_abort(d.e, 2);
+	pump(&d, 1, 20);
+	cr_expect_eq(d.res[2].finish, ENGINE_FINISH_ABORT, "%s", d.res[2].message);
+	cr_assert_eq(wait_rooms(&d, 1), 1, "the aborted request's room outlived it");
+
+	engine_abort(d.e, 1);
+	pump(&d, 2, 20);
+	cr_expect_eq(d.res[1].finish, ENGINE_FINISH_ABORT, "%s", d.res[1].message);
+	cr_expect_eq(wait_rooms(&d, 0), 0);
+	assert_pages_back(&d);
+	assert_pages_back(&p);
+	cr_expect_eq(wait_rooms(&p, 0), 0);
+	node_close(&d);
+	node_close(&p);
+}
+
 static bool have_ucx(void)
 {
 	char err[ERR_LEN];
@@ -654,6 +730,7 @@ static bool have_ucx(void)
 
 Test(xfer, prefill_gone_fails_rooms_and_decode_recovers) { prefill_gone(XFER_TCP); }
 Test(xfer, abort_both_directions) { abort_both(XFER_TCP); }
+Test(xfer, abort_queued_drops_room) { abort_queued(XFER_TCP); }
 Test(xfer, shm_prefill_gone) { prefill_gone(XFER_SHM); }
 Test(xfer, shm_abort_both_directions) { abort_both(XFER_SHM); }
 Test(xfer, ucx_prefill_gone)
@@ -667,6 +744,13 @@ Test(xfer, ucx_abort_both_directions)
 	if (!have_ucx())
 		cr_skip_test("no UCX in this build");
 	abort_both(XFER_UCX);
+}
+
+Test(xfer, ucx_abort_queued_drops_room)
+{
+	if (!have_ucx())
+		cr_skip_test("no UCX in this build");
+	abort_queued(XFER_UCX);
 }
 
 Test(xfer, backend_names)
