@@ -24,7 +24,9 @@
  * least [0, n_done) (shared prefix pages included, one reference each).
  * retract() releases them all and puts the request back at the head of the
  * queue with n_done = 0; it resumes by recomputing (or re-matching) its
- * whole token list, sampler state intact, so its output is unchanged.
+ * whole token list, sampler state intact, so its output is unchanged. A
+ * decode-role (IMPORT) request is retracted only once running, after its
+ * transfer, and resumes as a local request (no second transfer).
  *
  * One step: every decode request (one token each), then prefill chunks
  * (requests already prefilling first, then newly admitted ones, in policy
@@ -470,6 +472,11 @@ static void retract(engine *e, req *r)
 		release_pages(e, r);
 	}
 	r->n_done = 0;
+	/* a decode-role request whose KV came from a prefill server: that KV is
+	   gone (or in the prefix cache), and no transfer will bring it again, so
+	   it resumes like a local request, recomputing what the cache lacks */
+	if (r->pd == ENGINE_PD_IMPORT)
+		r->pd = ENGINE_PD_NONE;
 	r->next = e->wait_head;
 	e->wait_head = r;
 	if (!e->wait_tail)
