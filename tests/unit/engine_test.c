@@ -495,31 +495,25 @@ static void on_export(void *arg, const engine_kv_export *x)
 	}
 }
 
-Test(engine_pd, export_import_equals_unified)
+/* n requests through a prefill engine (cp: EXPORT) and a decode engine (cd:
+   IMPORT) linked by link_, and the same prompts on a unified engine: the
+   decode's output must equal the unified one token for token. Returns the
+   decode engine's stats at the end. */
+static engine_stats pd_vs_unified(engine_config cp, engine_config cd, int n, const int32_t *const *prompts,
+				  const int *lens, int gen)
 {
-	const char *model = stories();
-	enum { N = 6, GEN = 30 };
-	int32_t prompts[N][200];
-	int lens[N];
-	for (int i = 0; i < N; i++)
-		lens[i] = make_prompt(100 + i, 5 + i * 37, prompts[i]);
-
-	/* unified reference */
 	harness u;
-	engine_config cu = base_config(model);
+	engine_config cu = base_config(stories());
 	harness_open(&u, &cu);
-	for (int i = 0; i < N; i++)
-		submit(&u, (uint64_t)i, prompts[i], lens[i], GEN);
-	pump(&u, N, NULL);
+	for (int i = 0; i < n; i++)
+		submit(&u, (uint64_t)i, prompts[i], lens[i], gen);
+	pump(&u, n, NULL);
 
-	/* prefill (export) and decode (import) engines */
 	memset(&link_, 0, sizeof(link_));
 	pthread_mutex_init(&link_.mu, NULL);
 	harness p, d;
-	engine_config cp = base_config(model), cd = base_config(model);
 	cp.kv_export = on_export;
 	cp.pd_arg = &link_;
-	cp.chunked_prefill_size = 48; /* several chunks: pages leave as chunks finish */
 	cd.kv_import = on_import;
 	cd.kv_import_cancel = on_cancel;
 	cd.pd_arg = &link_;
@@ -529,9 +523,9 @@ Test(engine_pd, export_import_equals_unified)
 	link_.p = p.e;
 	link_.d = d.e;
 	char err[ERR_LEN];
-	for (int i = 0; i < N; i++) {
+	for (int i = 0; i < n; i++) {
 		engine_request r = { .rid = (uint64_t)i, .prompt = prompts[i], .n_prompt = lens[i],
-				     .max_new_tokens = GEN, .pd = ENGINE_PD_IMPORT, .reserve_tokens = 8 };
+				     .max_new_tokens = gen, .pd = ENGINE_PD_IMPORT, .reserve_tokens = 8 };
 		r.sampling = sampler_params_default();
 		r.sampling.temperature = 0;
 		cr_assert_eq(engine_submit(d.e, &r, err), 0, "%s", err);
@@ -540,7 +534,7 @@ Test(engine_pd, export_import_equals_unified)
 	for (int waited = 0; waited < 500; waited++) {
 		int all = 1;
 		pthread_mutex_lock(&link_.mu);
-		for (int i = 0; i < N; i++)
+		for (int i = 0; i < n; i++)
 			all &= link_.imported[i];
 		pthread_mutex_unlock(&link_.mu);
 		if (all)
@@ -548,7 +542,7 @@ Test(engine_pd, export_import_equals_unified)
 		struct timespec ts = { 0, 10 * 1000000 };
 		nanosleep(&ts, NULL);
 	}
-	for (int i = 0; i < N; i++) {
+	for (int i = 0; i < n; i++) {
 		cr_assert(link_.imported[i], "decode never reserved pages for %d", i);
 		engine_request r = { .rid = (uint64_t)i, .prompt = prompts[i], .n_prompt = lens[i],
 				     .max_new_tokens = 1, .pd = ENGINE_PD_EXPORT };
@@ -557,22 +551,43 @@ Test(engine_pd, export_import_equals_unified)
 		cr_assert_eq(engine_submit(p.e, &r, err), 0, "%s", err);
 		engine_export_ready(p.e, (uint64_t)i);
 	}
-	pump(&p, N, NULL);
-	pump(&d, N, NULL);
-	for (int i = 0; i < N; i++) {
+	pump(&p, n, NULL);
+	pump(&d, n, NULL);
+	for (int i = 0; i < n; i++) {
 		cr_expect_eq(p.res[i].n, 1, "prefill answers one token");
 		cr_expect_eq(p.res[i].toks[0], u.res[i].toks[0]);
+		cr_assert_eq(d.res[i].finish, u.res[i].finish, "rid %d: finish %d (%s) vs %d unified", i, d.res[i].finish,
+			     d.res[i].message, u.res[i].finish);
 		cr_assert_eq(d.res[i].n, u.res[i].n, "rid %d: %d tokens via PD, %d unified", i, d.res[i].n, u.res[i].n);
 		for (int t = 0; t < u.res[i].n; t++)
 			cr_assert_eq(d.res[i].toks[t], u.res[i].toks[t], "rid %d token %d", i, t);
-		cr_expect_geq(link_.exports[i], lens[i] > 48 ? 2 : 1, "rid %d: %d exports", i, link_.exports[i]);
 	}
-	cr_log_info("moved %lld KV bytes", (long long)link_.bytes);
+	engine_stats s;
+	engine_get_stats(d.e, &s);
 	assert_stats_idle(p.e);
 	assert_stats_idle(d.e);
 	harness_close(&p);
 	harness_close(&d);
 	harness_close(&u);
+	return s;
+}
+
+Test(engine_pd, export_import_equals_unified)
+{
+	enum { N = 6, GEN = 30 };
+	static int32_t prompts[N][200];
+	const int32_t *pp[N];
+	int lens[N];
+	for (int i = 0; i < N; i++) {
+		lens[i] = make_prompt(100 + i, 5 + i * 37, prompts[i]);
+		pp[i] = prompts[i];
+	}
+	engine_config cp = base_config(stories()), cd = base_config(stories());
+	cp.chunked_prefill_size = 48; /* several chunks: pages leave as chunks finish */
+	pd_vs_unified(cp, cd, N, pp, lens, GEN);
+	for (int i = 0; i < N; i++)
+		cr_expect_geq(link_.exports[i], lens[i] > 48 ? 2 : 1, "rid %d: %d exports", i, link_.exports[i]);
+	cr_log_info("moved %lld KV bytes", (long long)link_.bytes);
 }
 
 Test(engine_pd, import_abort_waits_for_cancel)
@@ -666,85 +681,26 @@ Test(engine_pd, import_aborted_while_queued_tells_the_transfer)
    (no second transfer) and still produce exactly the unified output. */
 Test(engine_pd, retracted_import_resumes_locally)
 {
-	const char *model = stories();
 	enum { N = 6, GEN = 100 };
-	int32_t prompts[N][64];
+	static int32_t prompts[N][64];
+	const int32_t *pp[N];
 	int lens[N];
-	for (int i = 0; i < N; i++)
+	for (int i = 0; i < N; i++) {
 		lens[i] = make_prompt(200 + i, 30 + i * 5, prompts[i]);
-	harness u;
-	engine_config cu = base_config(model);
-	harness_open(&u, &cu);
-	for (int i = 0; i < N; i++)
-		submit(&u, (uint64_t)i, prompts[i], lens[i], GEN);
-	pump(&u, N, NULL);
-
-	memset(&link_, 0, sizeof(link_));
-	pthread_mutex_init(&link_.mu, NULL);
-	harness p, d;
-	engine_config cp = base_config(model), cd = base_config(model);
-	cp.kv_export = on_export;
-	cp.pd_arg = &link_;
-	cd.kv_import = on_import;
-	cd.kv_import_cancel = on_cancel;
-	cd.pd_arg = &link_;
-	cd.kv_shared = true;
+		pp[i] = prompts[i];
+	}
+	engine_config cp = base_config(stories()), cd = base_config(stories());
 	/* 25 pages of 16: every prompt + 8 tokens fits at once (4 pages each),
 	   but not 6 requests of ~140 tokens (9 pages each) */
 	cd.context_length = 256;
 	cd.max_total_tokens = 400;
 	cd.page_size = 16;
 	cp.page_size = 16;
-	harness_open(&p, &cp);
-	harness_open(&d, &cd);
-	link_.p = p.e;
-	link_.d = d.e;
-	char err[ERR_LEN];
-	for (int i = 0; i < N; i++) {
-		engine_request r = { .rid = (uint64_t)i, .prompt = prompts[i], .n_prompt = lens[i],
-				     .max_new_tokens = GEN, .pd = ENGINE_PD_IMPORT, .reserve_tokens = 8 };
-		r.sampling = sampler_params_default();
-		r.sampling.temperature = 0;
-		cr_assert_eq(engine_submit(d.e, &r, err), 0, "%s", err);
-	}
-	for (int waited = 0; waited < 500; waited++) {
-		int all = 1;
-		pthread_mutex_lock(&link_.mu);
-		for (int i = 0; i < N; i++)
-			all &= link_.imported[i];
-		pthread_mutex_unlock(&link_.mu);
-		if (all)
-			break;
-		nanosleep(&(struct timespec){ 0, 10 * 1000000 }, NULL);
-	}
-	for (int i = 0; i < N; i++) {
-		cr_assert(link_.imported[i], "decode never reserved pages for %d", i);
-		engine_request r = { .rid = (uint64_t)i, .prompt = prompts[i], .n_prompt = lens[i],
-				     .max_new_tokens = 1, .pd = ENGINE_PD_EXPORT };
-		r.sampling = sampler_params_default();
-		r.sampling.temperature = 0;
-		cr_assert_eq(engine_submit(p.e, &r, err), 0, "%s", err);
-		engine_export_ready(p.e, (uint64_t)i);
-	}
-	pump(&p, N, NULL);
-	pump(&d, N, NULL);
-	engine_stats s;
-	engine_get_stats(d.e, &s);
+	engine_stats s = pd_vs_unified(cp, cd, N, pp, lens, GEN);
 	cr_log_info("decode retractions: %lld", (long long)s.retractions);
 	cr_expect_gt(s.retractions, 0, "the decode pool was meant to force retractions");
-	for (int i = 0; i < N; i++) {
-		cr_assert_eq(d.res[i].finish, u.res[i].finish, "rid %d: finish %d (%s) vs %d unified", i, d.res[i].finish,
-			     d.res[i].message, u.res[i].finish);
-		cr_assert_eq(d.res[i].n, u.res[i].n, "rid %d: %d tokens via PD, %d unified", i, d.res[i].n, u.res[i].n);
-		for (int t = 0; t < u.res[i].n; t++)
-			cr_assert_eq(d.res[i].toks[t], u.res[i].toks[t], "rid %d token %d", i, t);
+	for (int i = 0; i < N; i++)
 		cr_expect_eq(link_.imported[i], 1, "rid %d: imported again", i);
-	}
-	assert_stats_idle(p.e);
-	assert_stats_idle(d.e);
-	harness_close(&p);
-	harness_close(&d);
-	harness_close(&u);
 }
 
 static void release_export(void *arg, const engine_kv_export *x)
