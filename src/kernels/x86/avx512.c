@@ -1618,6 +1618,23 @@ INLINE __m512 kvload(const uint8_t *row, int dt, int i, __mmask16 m)
 	return dt == QTYPE_F16 ? _mm512_cvtph_ps(h) : bf16_to_f32(h);
 }
 
+/* A K/V row as f32 into dst (16 nch floats, zero past the head dimension):
+   the values kvload gives, with the type's branch outside the loop and
+   plain loads for every chunk but the last (prefill stages 32 rows a chunk
+   of 16 positions: bench/kernels' prefill attention 4.43-4.58 -> 4.20-4.40
+   ms, one core). */
+INLINE void stage_row(float *dst, const uint8_t *row, int dt, int nch, __mmask16 lastm)
+{
+	if (dt == QTYPE_F16) {
+		for (int c = 0; c < nch - 1; c++)
+			_mm512_store_ps(dst + 16 * c, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 32 * c))));
+		_mm512_store_ps(dst + 16 * (nch - 1), _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lastm, row + 32 * (nch - 1))));
+		return;
+	}
+	for (int c = 0; c < nch; c++)
+		_mm512_store_ps(dst + 16 * c, kvload(row, dt, 16 * c, c == nch - 1 ? lastm : 0xffff));
+}
+
 INLINE __m512 round_kv(__m512 v, int dt)
 {
 	if (dt == QTYPE_F16)
@@ -1844,11 +1861,8 @@ static void attn(const kern_attn *a, int t0, int t1, int h0, int h1, float *work
 				vp[j] = vr;
 				continue;
 			}
-			for (int c = 0; c < nch; c++) {
-				__mmask16 m = c == nch - 1 ? lastm : 0xffff;
-				_mm512_store_ps(kf + j * hdp + 16 * c, kvload(kr, dt, 16 * c, m));
-				_mm512_store_ps(vf + j * hdp + 16 * c, kvload(vr, dt, 16 * c, m));
-			}
+			stage_row(kf + j * hdp, kr, dt, nch, lastm);
+			stage_row(vf + j * hdp, vr, dt, nch, lastm);
 			kp[j] = kf + j * hdp;
 			vp[j] = vf + j * hdp;
 		}
