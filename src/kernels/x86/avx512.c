@@ -1727,7 +1727,11 @@ INLINE void attn_row(const float *q, float *acc, float *mr, float *lr, float *pb
 	__m512 sv = _mm512_mul_ps(tree16_ps(sacc), scale);
 	float cmax = _mm512_mask_reduce_max_ps(pm, sv);
 	float mnew = cmax > *mr ? cmax : *mr;
-	float alpha = _mm512_cvtss_f32(exp512(_mm512_set1_ps(*mr - mnew)));
+	/* e^0 is exactly 1 in exp512: a chunk that leaves the max where it was
+	   skips the rescale factor's polynomial, with the same result */
+	float alpha = 1.0f;
+	if (!(mnew == *mr && *mr > -INFINITY))
+		alpha = _mm512_cvtss_f32(exp512(_mm512_set1_ps(*mr - mnew)));
 	__m512 pv = _mm512_maskz_mov_ps(pm, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(mnew))));
 	*lr = *lr * alpha + _mm512_reduce_add_ps(pv);
 	*mr = mnew;
