@@ -37,7 +37,9 @@
  *
  * Memory pressure: pages come from the free list, then from evicting the
  * prefix cache's LRU leaves; a decode that still finds no page retracts the
- * most recently admitted other request (SGLang's policy is similar). Admission
+ * most recently admitted other request (SGLang's policy is similar); when
+ * there is none but pages are reserved for KV still in flight (decode role),
+ * it waits for those transfers instead of failing. Admission
  * requires pages for the whole remaining prompt plus one page of decode room
  * per running request. A request that cannot fit even alone finishes with
  * an error instead of waiting forever.
@@ -883,6 +885,11 @@ static int plan_step(engine *e)
 			if (vi >= 0 && vi < i)
 				i--; /* running[] shifted under us */
 		}
+		/* no page and nobody to retract, but pages are reserved for KV in
+		   flight (decode role): they come back, or their requests start
+		   running and can be retracted; this request sits the step out */
+		if (rc == ERR_FULL && e->n_importing > 0)
+			continue;
 		if (rc < 0) {
 			remove_running(e, r);
 			i--;
@@ -1103,16 +1110,20 @@ static void *scheduler_main(void *arg)
 			pthread_mutex_unlock(&e->mu);
 		}
 		int n = plan_step(e);
+		bool wait_import = false;
 		if (n == 0 && e->n_running > 0) {
 			/* nobody could progress (prefills starved of pages): make room */
 			req *victim = newest_running(e, NULL);
-			if (e->n_running > 1)
+			if (e->n_running > 1) {
 				retract(e, victim);
-			else {
+			} else if (e->n_importing > 0) {
+				wait_import = true; /* pages of transfers in flight: wait for their news */
+			} else {
 				remove_running(e, victim);
 				finish(e, victim, ENGINE_FINISH_ERROR, -1, NULL, "KV cache exhausted");
 			}
-			n = plan_step(e);
+			if (!wait_import)
+				n = plan_step(e);
 		}
 		if (n > 0)
 			run_step(e, n);
@@ -1123,9 +1134,10 @@ static void *scheduler_main(void *arg)
 			struct timespec ts = { e->test_step_delay_ms / 1000, (long)(e->test_step_delay_ms % 1000) * 1000000L };
 			nanosleep(&ts, NULL);
 		}
-		if (n == 0 && e->n_waiting > 0 && e->n_running == 0) {
+		if (n == 0 && ((e->n_waiting > 0 && e->n_running == 0) || wait_import)) {
 			/* a waiting head that cannot be admitted with nothing running is
-			   finished by admit_one; reaching here means we must wait for input */
+			   finished by admit_one; reaching here means we must wait for input
+			   (or for an import's completion or failure, a command) */
 			pthread_mutex_lock(&e->mu);
 			if (!e->inbox_head && !e->n_aborts && !e->flush_pending && !e->stop && !e->n_cmds &&
 			    !e->n_release)

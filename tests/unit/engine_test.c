@@ -497,10 +497,12 @@ static void on_export(void *arg, const engine_kv_export *x)
 
 /* n requests through a prefill engine (cp: EXPORT) and a decode engine (cd:
    IMPORT) linked by link_, and the same prompts on a unified engine: the
-   decode's output must equal the unified one token for token. Returns the
+   decode's output must equal the unified one token for token. hold_ms > 0:
+   the prefill gets request 0 first and the others that much later, so
+   request 0 decodes while the others' KV is still on its way. Returns the
    decode engine's stats at the end. */
 static engine_stats pd_vs_unified(engine_config cp, engine_config cd, int n, const int32_t *const *prompts,
-				  const int *lens, int gen)
+				  const int *lens, int gen, int hold_ms)
 {
 	harness u;
 	engine_config cu = base_config(stories());
@@ -550,6 +552,8 @@ static engine_stats pd_vs_unified(engine_config cp, engine_config cd, int n, con
 		r.sampling.temperature = 0;
 		cr_assert_eq(engine_submit(p.e, &r, err), 0, "%s", err);
 		engine_export_ready(p.e, (uint64_t)i);
+		if (i == 0 && hold_ms > 0)
+			nanosleep(&(struct timespec){ hold_ms / 1000, (long)(hold_ms % 1000) * 1000000L }, NULL);
 	}
 	pump(&p, n, NULL);
 	pump(&d, n, NULL);
@@ -584,7 +588,7 @@ Test(engine_pd, export_import_equals_unified)
 	}
 	engine_config cp = base_config(stories()), cd = base_config(stories());
 	cp.chunked_prefill_size = 48; /* several chunks: pages leave as chunks finish */
-	pd_vs_unified(cp, cd, N, pp, lens, GEN);
+	pd_vs_unified(cp, cd, N, pp, lens, GEN, 0);
 	for (int i = 0; i < N; i++)
 		cr_expect_geq(link_.exports[i], lens[i] > 48 ? 2 : 1, "rid %d: %d exports", i, link_.exports[i]);
 	cr_log_info("moved %lld KV bytes", (long long)link_.bytes);
@@ -696,11 +700,15 @@ Test(engine_pd, retracted_import_resumes_locally)
 	cd.max_total_tokens = 400;
 	cd.page_size = 16;
 	cp.page_size = 16;
-	engine_stats s = pd_vs_unified(cp, cd, N, pp, lens, GEN);
+	engine_stats s = pd_vs_unified(cp, cd, N, pp, lens, GEN, 0);
 	cr_log_info("decode retractions: %lld", (long long)s.retractions);
 	cr_expect_gt(s.retractions, 0, "the decode pool was meant to force retractions");
 	for (int i = 0; i < N; i++)
 		cr_expect_eq(link_.imported[i], 1, "rid %d: imported again", i);
+	/* request 0 alone decodes into the pages left over while the other five
+	   hold theirs for KV not yet sent: it waits for them instead of failing
+	   with "KV cache exhausted" (there is nobody it could retract) */
+	pd_vs_unified(cp, cd, N, pp, lens, GEN, 400);
 }
 
 static void release_export(void *arg, const engine_kv_export *x)
