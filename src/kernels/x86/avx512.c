@@ -48,7 +48,8 @@
  *    softmax (a polynomial expf within 2 ulp), rope (bit-exact: the same
  *    products and sums, no FMA), paged attention (online softmax over
  *    chunks of 16 positions for a block of tokens x heads sharing K/V rows,
- *    scores by FMA and a transpose-add tree; see kernels.h).
+ *    scores by FMA and a transpose-add tree; a decode token's heads across
+ *    kv heads in one pass over its rows; see kernels.h and attn below).
  *
  * Measured on Zen 4 (bench/kernels.c, one core): GEMM ~290 GOP/s of the
  * 470 GOP/s vpdpbusd peak; GEMV ~68 GOP/s in cache, i.e. 36 GB/s of Q8_0
