@@ -298,6 +298,14 @@ struct router {
 
 /* ---------------------------------------------------------------- small helpers */
 
+/* s seconds (>= 0) as a timeval for evtimer_add. */
+static struct timeval tv_of(double s)
+{
+	if (s < 0)
+		s = 0;
+	return (struct timeval){ .tv_sec = (time_t)s, .tv_usec = (suseconds_t)((s - floor(s)) * 1e6) };
+}
+
 static uint64_t rng_next(router *r)
 {
 	uint64_t z = (r->rng += 0x9E3779B97F4A7C15ull);
@@ -1351,7 +1359,7 @@ static void attempt_fail(rreq *q, leg *l, int status, const char *msg, struct ev
 		     q->id, q->attempt, q->fail_msg, s * 1e3);
 		if (!q->retry_ev)
 			q->retry_ev = evtimer_new(r->base, on_retry, q);
-		struct timeval tv = { .tv_sec = (time_t)s, .tv_usec = (suseconds_t)((s - floor(s)) * 1e6) };
+		struct timeval tv = tv_of(s);
 		if (q->retry_ev && evtimer_add(q->retry_ev, &tv) == 0)
 			return;
 	}
@@ -1640,8 +1648,7 @@ static rreq *rq_new(router *r, struct evhttp_request *req, route_id route)
 			snprintf(q->auth, sizeof(q->auth), "Authorization: %s\r\n", a);
 	}
 	if (r->cfg.request_timeout_s > 0 && (q->deadline_ev = evtimer_new(r->base, on_deadline, q))) {
-		double s = r->cfg.request_timeout_s;
-		struct timeval tv = { .tv_sec = (time_t)s, .tv_usec = (suseconds_t)((s - floor(s)) * 1e6) };
+		struct timeval tv = tv_of(r->cfg.request_timeout_s);
 		evtimer_add(q->deadline_ev, &tv);
 	}
 	return q;
@@ -1676,13 +1683,6 @@ static bool wants_text(router *r)
 static bool adm_enabled(const router *r)
 {
 	return r->cfg.max_concurrent > 0;
-}
-
-static struct timeval tv_of(double s)
-{
-	if (s < 0)
-		s = 0;
-	return (struct timeval){ .tv_sec = (time_t)s, .tv_usec = (suseconds_t)((s - floor(s)) * 1e6) };
 }
 
 /* Take a slot (and a rate token) if there is one. */
@@ -1976,8 +1976,7 @@ static void fan_start(router *r, struct evhttp_request *req, route_id route, fan
 		}
 	}
 	watch_client(r->base, req, &f->closed_ev, on_fan_conn_close, on_fan_closed, f);
-	double s = r->cfg.health_timeout_s > 0 ? r->cfg.health_timeout_s : 5;
-	struct timeval tv = { .tv_sec = (time_t)s, .tv_usec = (suseconds_t)((s - floor(s)) * 1e6) };
+	struct timeval tv = tv_of(r->cfg.health_timeout_s > 0 ? r->cfg.health_timeout_s : 5);
 	if ((f->timer = evtimer_new(r->base, on_fan_timeout, f)))
 		evtimer_add(f->timer, &tv);
 	if (--f->pending == 0)
