@@ -2324,20 +2324,18 @@ static void handle_metrics(router *r, struct evhttp_request *req)
 	evbuffer_add_printf(b, "pdserve:router_client_disconnects_total %llu\n", (unsigned long long)r->m.client_gone);
 	metric_line(b, "pdserve:router_requests_rejected_total", "counter",
 		    "Requests refused for exceeding a configured limit, by limit.");
-	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"body_size\"} %llu\n",
-			    (unsigned long long)r->m.rejected_body);
-	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"header_size\"} %llu\n",
-			    (unsigned long long)r->m.rejected_header);
-	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"read_limit\"} %llu\n",
-			    (unsigned long long)r->m.rejected_read);
-	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"malformed_http\"} %llu\n",
-			    (unsigned long long)r->m.rejected_malformed);
-	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"queue_full\"} %llu\n",
-			    (unsigned long long)r->m.rejected_queue_full);
-	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"queue_timeout\"} %llu\n",
-			    (unsigned long long)r->m.queue_timeouts);
-	evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"shutting_down\"} %llu\n",
-			    (unsigned long long)r->m.rejected_draining);
+	const struct {
+		const char *reason;
+		uint64_t n;
+	} REJ[] = {
+		{ "body_size", r->m.rejected_body },       { "header_size", r->m.rejected_header },
+		{ "read_limit", r->m.rejected_read },      { "malformed_http", r->m.rejected_malformed },
+		{ "queue_full", r->m.rejected_queue_full }, { "queue_timeout", r->m.queue_timeouts },
+		{ "shutting_down", r->m.rejected_draining },
+	};
+	for (size_t k = 0; k < sizeof(REJ) / sizeof(REJ[0]); k++)
+		evbuffer_add_printf(b, "pdserve:router_requests_rejected_total{reason=\"%s\"} %llu\n", REJ[k].reason,
+				    (unsigned long long)REJ[k].n);
 	metric_line(b, "pdserve:router_admission_in_flight", "gauge",
 		    "Generation requests holding a --max-concurrent-requests slot.");
 	evbuffer_add_printf(b, "pdserve:router_admission_in_flight %d\n", r->adm_inflight);
